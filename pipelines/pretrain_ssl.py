@@ -1,0 +1,72 @@
+"""Train a self-supervised teacher with lightly (SimCLR) and write it as an ssl_kd teacher file.
+
+    python pipelines/pretrain_ssl.py --config configs/digits-teacher.yaml
+    python pipelines/pretrain_ssl.py --data cifar10 --data-root ~/data --arch resnet18 --epochs 200
+
+The file (`OUT/teacher.pth`: timm backbone weights in fp16, arch, mean/std, input size, the command)
+loads with `load_teacher(path)` like any downloaded checkpoint. The embedded default teacher
+(ssl_kd/assets/) was made by the first command above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
+
+from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, write_config  # noqa: E402
+from ssl_kd.config import PretrainConfig, to_dict  # noqa: E402
+from ssl_kd.data import build_dataset, make_loader, views_transform  # noqa: E402
+from ssl_kd.errors import UserError, cli_main  # noqa: E402
+from ssl_kd.loop import fit, resolve_device  # noqa: E402
+from ssl_kd.pretrain import SimCLRObjective  # noqa: E402
+from ssl_kd.students import create_backbone  # noqa: E402
+from ssl_kd.teachers import save_teacher  # noqa: E402
+
+FLAGS = {"data": "data.name", "data_root": "data.root", "arch": "arch", "epochs": "train.epochs", "batch_size": "train.batch_size", "out": "out"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="digits | cifar10 | cifar100 | stl10 | imagefolder")
+    parser.add_argument("--data-root", help="dataset folder")
+    parser.add_argument("--arch", help="timm model name of the teacher backbone")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--out", help="output directory (teacher.pth, metrics.jsonl, checkpoints/)")
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> Path:
+    setup_logging()
+    args = parse_args(argv)
+    cfg = config_from_args(args, FLAGS, PretrainConfig)
+    if cfg.method != "simclr":
+        raise UserError(f"unknown pretraining method '{cfg.method}'; this pipeline trains simclr")
+    out = Path(cfg.out)
+    write_config(cfg, out)
+    dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
+    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+    import torch
+
+    torch.manual_seed(cfg.train.seed)
+    backbone = create_backbone(cfg.arch)
+    objective = SimCLRObjective(backbone, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, proj_dim=cfg.proj_dim, temperature=cfg.temperature)
+    fit(objective, loader, cfg.train, out, to_dict(cfg), resolve_device(cfg.train.device))
+    command = "python pipelines/pretrain_ssl.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    path = save_teacher(
+        out / "teacher.pth", backbone.cpu(), cfg.arch, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        input_size=cfg.data.image_size, meta={"method": "simclr", "dataset": cfg.data.name, "epochs": cfg.train.epochs, "command": command},
+    )
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return path
+
+
+if __name__ == "__main__":
+    cli_main(main)

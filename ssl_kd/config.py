@@ -1,0 +1,181 @@
+"""Typed run configuration: dataclass defaults, YAML presets, `key.sub=value` overrides.
+
+One dataclass per concern; `Config` holds them all. `load_config(file, overrides)` merges, in
+order, the dataclass defaults, a YAML file (`--config configs/x.yaml`) and command-line overrides
+(`train.epochs=5 loss.queue_size=1024`), through OmegaConf's structured configs, so an unknown key
+or a value of the wrong type is a one-line `UserError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | cifar10 | cifar100 | stl10 | imagefolder
+    root: Optional[str] = None  # where torchvision datasets live / the ImageFolder root
+    download: bool = True  # torchvision datasets: download when missing (needs internet)
+    image_size: int = 32  # side of the square images the networks see
+    num_workers: int = 2
+    # two-view SSL augmentation (lightly's SimCLRTransform), sized to the image
+    min_scale: float = 0.5  # RandomResizedCrop scale lower bound
+    hflip: float = 0.5  # horizontal-flip probability (0 for digits: a flipped 2 is not a 2)
+    color_jitter: float = 0.8  # colour-jitter probability
+    jitter_strength: float = 0.5
+    grayscale: float = 0.2  # random-grayscale probability
+    blur: float = 0.0  # Gaussian-blur probability (worth it from ~96 px up)
+    rotation: float = 0.0  # random-rotation probability
+    rotation_degrees: float = 15.0
+    val_fraction: float = 0.2  # ImageFolder without train/ and val/: fraction held out as test
+
+
+@dataclass
+class TeacherConfig:
+    path: Optional[str] = None  # None: the embedded default teacher (digits only)
+    arch: Optional[str] = None  # timm name, for checkpoints that do not say it
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "resnet10t"  # any timm model name
+    small_stem: bool = False  # 3x3 stride-1 first conv and no max-pool, for 32 px images
+    proj_hidden: int = 2048  # hidden width of the projector MLP to the teacher's width
+    init_seed: int = 0  # the random-init baseline uses the same seed
+
+
+@dataclass
+class LossConfig:
+    method: str = "dlkd"
+    # DLKD (ifding/DLKD; research/methods.md section 1): total = d*align + a*corr + b*contrast
+    align_weight: float = 10.0  # d
+    corr_weight: float = 20.0  # a
+    contrast_weight: float = 0.5  # b
+    corr_temperature: float = 0.5  # tau_c
+    contrast_temperature: float = 0.07  # tau
+    queue_size: int = 4096  # momentum queue of teacher embeddings (negatives)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    grad_clip: float = 3.0  # 0 disables
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    resume: bool = True  # continue from out/checkpoints/last.pt when it exists
+    log_every: int = 10  # steps between metrics.jsonl lines
+
+
+@dataclass
+class EvalConfig:
+    knn_k: int = 20
+    knn_ks: list[int] = field(default_factory=lambda: [1, 10, 20, 50, 200])
+    knn_temperature: float = 0.07
+    linear_probe: bool = True
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out: str = "runs/default"
+
+
+def load_config(config_file: str | None = None, overrides: list[str] | None = None, schema: type = Config) -> Any:
+    """Defaults < YAML file < overrides, validated against `schema`; returns a typed instance."""
+    merged = OmegaConf.structured(schema)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; pass a YAML file such as configs/digits-default.yaml")
+        merged = _merge(merged, _read_yaml(path), schema, f"config file {path}")
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value; write it like train.epochs=5")
+        key, value = item.split("=", 1)
+        merged = _merge(merged, OmegaConf.from_dotlist([f"{key.strip()}={value}"]), schema, f"override '{item}'")
+    return OmegaConf.to_object(merged)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, JSON/YAML-ready dict of a config dataclass."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _read_yaml(path: Path):
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends: any parse failure is bad input
+        raise UserError(f"config file {path} is not valid YAML ({' '.join(str(err).split())[:160]}); fix its syntax") from None
+    if not OmegaConf.is_dict(loaded):
+        raise UserError(f"config file {path} must hold a mapping of sections (data:, train:, ...); it holds something else")
+    return loaded
+
+
+def _merge(base, extra, schema: type, source: str):
+    try:
+        return OmegaConf.merge(base, extra)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        raise UserError(_explain(err, key, schema, source)) from None
+
+
+def _explain(err: OmegaConfBaseException, key: str, schema: type, source: str) -> str:
+    name = type(err).__name__
+    if "Key" in name or "not in struct" in str(err):
+        hint = _closest_key(key, schema)
+        suggestion = f"; did you mean '{hint}'?" if hint else "; see configs/digits-default.yaml for every key"
+        return f"{source}: unknown config key '{key}'{suggestion}"
+    message = " ".join(str(err).split("\n")[0].split())
+    return f"{source}: bad value for '{key}' ({message}); give a value of the type the default has"
+
+
+def _all_keys(schema: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in fields(schema):
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        if is_dataclass(default):
+            keys += _all_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _closest_key(key: str, schema: type) -> str | None:
+    match = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+@dataclass
+class PretrainConfig:
+    """`pipelines/pretrain_ssl.py`: a self-supervised teacher trained with lightly's SimCLR."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    arch: str = "resnet14t"
+    method: str = "simclr"
+    proj_dim: int = 128
+    temperature: float = 0.2
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out: str = "runs/pretrain"

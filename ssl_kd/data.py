@@ -1,0 +1,215 @@
+"""Datasets and view transforms.
+
+Every dataset yields `(image, label, index)`; images leave the transforms as float tensors in [0, 1]
+with no normalization (each network normalizes its own input with its own mean/std, so a teacher
+and a student that expect different statistics each get the right input).
+
+Datasets (the `data.name` config key):
+- `digits`: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes, ships with
+  scikit-learn: no download). Fixed split: stratified 70/30 with `random_state=0`, i.e. 1,257
+  train / 540 test. Images are scaled from 0..16 to 0..255 and upsampled bilinearly to
+  `data.image_size` (32 by default), 3 channels.
+- `cifar10`, `cifar100`, `stl10`: torchvision, in `data.root`, downloaded when missing
+  (`data.download=true`, needs internet).
+- `imagefolder`: any folder of class sub-folders. ImageNet layout (`root/train/<class>/*`,
+  `root/val/<class>/*`) when `root/train` exists; else `root/<class>/*` split into train/test by
+  a fixed stratified `data.val_fraction`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .config import DataConfig
+from .errors import UserError
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_FRACTION = 0.3
+SPLIT_SEED = 0
+
+
+class IndexedDataset(Dataset):
+    """Wraps an `(image, label)` dataset: applies `transform` and also returns the item's index."""
+
+    def __init__(self, base: Dataset, transform: Callable | None, classes: list[str]):
+        self.base, self.transform, self.classes = base, transform, classes
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(label), index
+
+
+class DigitsImages(Dataset):
+    """scikit-learn's digits as PIL images of side `image_size`, one split of the fixed 70/30 split."""
+
+    def __init__(self, split: str, image_size: int):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        indices = np.arange(len(digits.target))
+        train_idx, test_idx = train_test_split(
+            indices, test_size=DIGITS_TEST_FRACTION, stratify=digits.target, random_state=DIGITS_SPLIT_SEED
+        )
+        chosen = train_idx if split == "train" else test_idx
+        pixels = (digits.images[chosen] * (255.0 / 16.0)).round().astype(np.uint8)
+        self.images = [
+            Image.fromarray(p, mode="L").resize((image_size, image_size), Image.BILINEAR).convert("RGB") for p in pixels
+        ]
+        self.targets = digits.target[chosen].tolist()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.targets[index]
+
+
+def build_dataset(cfg: DataConfig, split: str, transform: Callable | None) -> IndexedDataset:
+    """The `split` ("train" or "test") of the dataset `cfg.name`, with `transform` applied."""
+    if cfg.name not in DATASETS:
+        raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {', '.join(DATASETS)} (data.name / --data)")
+    base, classes = DATASETS[cfg.name](cfg, split)
+    if len(base) == 0:
+        raise UserError(f"the {split} split of dataset '{cfg.name}' is empty; point --data-root at a folder with images")
+    return IndexedDataset(base, transform, classes)
+
+
+def _digits(cfg: DataConfig, split: str):
+    return DigitsImages(split, cfg.image_size), [str(c) for c in range(10)]
+
+
+def _torchvision(name: str) -> Callable:
+    def build(cfg: DataConfig, split: str):
+        import torchvision.datasets as tvd
+
+        root = _require_root(cfg)
+        try:
+            if name == "stl10":
+                dataset = tvd.STL10(root, split=split, download=cfg.download)
+            else:
+                dataset = getattr(tvd, name.upper())(root, train=(split == "train"), download=cfg.download)
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted..."
+            raise UserError(
+                f"{name} not found in {root} ({' '.join(str(err).split())[:120]}); set data.download=true "
+                "(needs internet) or put the files there"
+            ) from None
+        except OSError as err:  # no network, refused connection, full disk ...
+            raise UserError(f"could not download {name} to {root} ({err}); check the connection or put the files there") from None
+        return dataset, list(getattr(dataset, "classes", []))
+
+    return build
+
+
+def _imagefolder(cfg: DataConfig, split: str):
+    from torchvision.datasets import ImageFolder
+
+    root = Path(_require_root(cfg))
+    if not root.is_dir():
+        raise UserError(f"data root {root} is not a folder; pass --data-root DIR holding one sub-folder per class")
+    if (root / "train").is_dir():
+        folder = root / "train" if split == "train" else _first_dir(root, ("val", "test"), split)
+        return _image_folder(ImageFolder, folder), None
+    dataset = _image_folder(ImageFolder, root)
+    train_idx, test_idx = _stratified_split(dataset.targets, cfg.val_fraction)
+    subset = Subset(dataset, train_idx if split == "train" else test_idx)
+    return subset, dataset.classes
+
+
+def _image_folder(cls, folder: Path):
+    try:
+        dataset = cls(str(folder))
+    except FileNotFoundError as err:
+        raise UserError(f"no images in {folder} ({err}); put images in one sub-folder per class, e.g. {folder}/cat/1.jpg") from None
+    if len(dataset) == 0:
+        raise UserError(f"no images in {folder}; put images in one sub-folder per class, e.g. {folder}/cat/1.jpg")
+    return dataset
+
+
+def _first_dir(root: Path, names: tuple[str, ...], split: str) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise UserError(f"{root} has train/ but no {' or '.join(names)}/ folder for the {split} split; add one (ImageNet layout)")
+
+
+def _stratified_split(targets: list[int], test_fraction: float) -> tuple[list[int], list[int]]:
+    indices = np.arange(len(targets))
+    counts = np.bincount(targets)
+    stratify = targets if counts.min() >= 2 and len(targets) * test_fraction >= len(counts) else None
+    train_idx, test_idx = train_test_split(indices, test_size=test_fraction, stratify=stratify, random_state=SPLIT_SEED)
+    return train_idx.tolist(), test_idx.tolist()
+
+
+def _require_root(cfg: DataConfig) -> str:
+    if not cfg.root:
+        raise UserError(f"dataset '{cfg.name}' needs a folder; pass --data-root DIR (data.root)")
+    return cfg.root
+
+
+DATASETS: dict[str, Callable] = {
+    "digits": _digits,
+    "cifar10": _torchvision("cifar10"),
+    "cifar100": _torchvision("cifar100"),
+    "stl10": _torchvision("stl10"),
+    "imagefolder": _imagefolder,
+}
+
+
+def views_transform(cfg: DataConfig, num_views: int = 2):
+    """Two (or more) SSL views per image from lightly's SimCLR view transform, sized to the image."""
+    from lightly.transforms import SimCLRViewTransform
+    from lightly.transforms.multi_view_transform import MultiViewTransform
+
+    view = SimCLRViewTransform(
+        input_size=cfg.image_size,
+        cj_prob=cfg.color_jitter,
+        cj_strength=cfg.jitter_strength,
+        min_scale=cfg.min_scale,
+        random_gray_scale=cfg.grayscale,
+        gaussian_blur=cfg.blur,
+        hf_prob=cfg.hflip,
+        rr_prob=cfg.rotation,
+        rr_degrees=cfg.rotation_degrees,
+        normalize=None,
+    )
+    return MultiViewTransform([view] * num_views)
+
+
+def eval_transform(cfg: DataConfig):
+    """Deterministic: resize the short side (with the usual 0.875 crop ratio above 64 px), centre crop."""
+    resize = cfg.image_size if cfg.image_size <= 64 else int(round(cfg.image_size / 0.875))
+    return T.Compose([T.Resize(resize), T.CenterCrop(cfg.image_size), T.ToTensor()])
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int, seed: int = 0) -> DataLoader:
+    """Shuffled, drop-last loader for training; ordered, complete loader for evaluation."""
+    if train and len(dataset) < batch_size:
+        batch_size = len(dataset)  # tiny data: one full batch rather than none
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
+
+
+def with_image_size(cfg: DataConfig, image_size: int) -> DataConfig:
+    return replace(cfg, image_size=image_size)

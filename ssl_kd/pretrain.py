@@ -1,0 +1,34 @@
+"""Self-supervised pretraining of a teacher with lightly (SimCLR), through the one training loop.
+
+SimCLR (Chen et al., ICML 2020): two augmented views of each image, a projection MLP g, and the
+NT-Xent loss over the 2B projections of a batch, positives = the two views of the same image:
+    L = -(1/2B) sum_i log( exp(cos(z_i, z_j(i)) / tau) / sum_{k != i} exp(cos(z_i, z_k) / tau) ).
+lightly provides the head (`SimCLRProjectionHead`) and the loss (`NTXentLoss`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SimCLRObjective(nn.Module):
+    def __init__(self, backbone: nn.Module, mean, std, *, proj_dim: int = 128, temperature: float = 0.2):
+        super().__init__()
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import SimCLRProjectionHead
+
+        dim = backbone.num_features
+        self.trainable = nn.ModuleDict({"backbone": backbone, "head": SimCLRProjectionHead(dim, dim, proj_dim)})
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=torch.distributed.is_initialized())
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, views: list[torch.Tensor]) -> dict:
+        x = (torch.cat(views) - self.mean) / self.std
+        z = self.trainable["head"](self.trainable["backbone"](x)).float()
+        z0, z1 = z.chunk(2)
+        return {"loss": self.criterion(z0, z1)}
+
+    def after_step(self) -> None:
+        pass

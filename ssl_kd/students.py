@@ -1,0 +1,76 @@
+"""Students: a timm backbone plus a projector MLP to the teacher's embedding width.
+
+`Student.forward(x)` takes images in [0, 1], normalizes them with the student's own mean/std, and
+returns `Embeddings(feat=backbone(x), emb=projector(feat))`. The backbone is a stock timm model
+(`num_classes=0`), so after distillation it is exported as a plain timm state dict that
+`timm.create_model(name, checkpoint_path=...)` loads with no ssl_kd code.
+
+`small_stem=True` replaces a ResNet's 7x7/stride-2 stem and max-pool by a 3x3/stride-1 conv (the
+CIFAR variant SSL papers use at 32 px); the exported file then records it, since timm's stock
+model has the ImageNet stem.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import timm
+import torch
+from torch import nn
+
+from .config import StudentConfig
+from .embeddings import Embeddings
+from .errors import UserError
+
+
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear -> BatchNorm1d -> ReLU -> Linear (the MLP head of MoCo v2 / SimCLR / DLKD's h_A)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim, bias=False),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+def create_backbone(arch: str, *, small_stem: bool = False) -> nn.Module:
+    """`timm.create_model(arch, num_classes=0)`, with a clear error for an unknown name."""
+    if arch not in timm.list_models():
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown model '{arch}'; {hint}any name from timm.list_models() works")
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+    if small_stem:
+        _use_small_stem(backbone, arch)
+    return backbone
+
+
+def _use_small_stem(backbone: nn.Module, arch: str) -> None:
+    conv1 = getattr(backbone, "conv1", None)
+    if not isinstance(conv1, nn.Conv2d) or not hasattr(backbone, "maxpool"):
+        raise UserError(f"student.small_stem needs a ResNet with a single conv1 stem; '{arch}' has another stem; set student.small_stem=false")
+    backbone.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, stride=1, padding=1, bias=False)
+    backbone.maxpool = nn.Identity()
+
+
+class Student(nn.Module):
+    def __init__(self, cfg: StudentConfig, embed_dim: int, mean, std):
+        super().__init__()
+        self.arch, self.small_stem = cfg.arch, cfg.small_stem
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.init_seed)
+            self.backbone = create_backbone(cfg.arch, small_stem=cfg.small_stem)
+            self.projector = mlp_head(self.backbone.num_features, cfg.proj_hidden, embed_dim)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def feat_dim(self) -> int:
+        return self.backbone.num_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> Embeddings:
+        feat = self.features(x)
+        return Embeddings(feat=feat, emb=self.projector(feat))
