@@ -21,19 +21,22 @@ from .errors import UserError
 
 @dataclass
 class DataConfig:
+    """The dataset and its views. Fields left at None take the dataset's own default
+    (`ssl_kd.data.DATASET_DEFAULTS`: e.g. no flips for digits, blur for 96 px and up)."""
+
     name: str = "digits"  # digits | cifar10 | cifar100 | stl10 | imagefolder
     root: Optional[str] = None  # where torchvision datasets live / the ImageFolder root
     download: bool = True  # torchvision datasets: download when missing (needs internet)
-    image_size: int = 32  # side of the square images the networks see
+    image_size: Optional[int] = None  # side of the square images the networks see
     num_workers: int = 2
-    # two-view SSL augmentation (lightly's SimCLRTransform), sized to the image
-    min_scale: float = 0.5  # RandomResizedCrop scale lower bound
-    hflip: float = 0.5  # horizontal-flip probability (0 for digits: a flipped 2 is not a 2)
-    color_jitter: float = 0.8  # colour-jitter probability
-    jitter_strength: float = 0.5
-    grayscale: float = 0.2  # random-grayscale probability
-    blur: float = 0.0  # Gaussian-blur probability (worth it from ~96 px up)
-    rotation: float = 0.0  # random-rotation probability
+    # two-view SSL augmentation (lightly's SimCLR view transform)
+    min_scale: Optional[float] = None  # RandomResizedCrop scale lower bound
+    hflip: Optional[float] = None  # horizontal-flip probability
+    color_jitter: Optional[float] = None  # colour-jitter probability
+    jitter_strength: Optional[float] = None
+    grayscale: Optional[float] = None  # random-grayscale probability
+    blur: Optional[float] = None  # Gaussian-blur probability
+    rotation: Optional[float] = None  # random-rotation probability
     rotation_degrees: float = 15.0
     val_fraction: float = 0.2  # ImageFolder without train/ and val/: fraction held out as test
 

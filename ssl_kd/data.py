@@ -80,8 +80,7 @@ class DigitsImages(Dataset):
 
 def build_dataset(cfg: DataConfig, split: str, transform: Callable | None) -> IndexedDataset:
     """The `split` ("train" or "test") of the dataset `cfg.name`, with `transform` applied."""
-    if cfg.name not in DATASETS:
-        raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {', '.join(DATASETS)} (data.name / --data)")
+    cfg = resolve_data_config(cfg)
     base, classes = DATASETS[cfg.name](cfg, split)
     if len(base) == 0:
         raise UserError(f"the {split} split of dataset '{cfg.name}' is empty; point --data-root at a folder with images")
@@ -169,8 +168,30 @@ DATASETS: dict[str, Callable] = {
 }
 
 
+# Per-dataset defaults for the DataConfig fields left at None.
+_NATURAL = dict(min_scale=0.08, hflip=0.5, color_jitter=0.8, jitter_strength=1.0, grayscale=0.2, blur=0.5, rotation=0.0)
+_SMALL = dict(_NATURAL, min_scale=0.2, jitter_strength=0.5, blur=0.0)  # 32 px: SimCLR's CIFAR recipe
+DATASET_DEFAULTS: dict[str, dict] = {
+    # grey 8x8 glyphs: no flips (a mirrored 2 is not a 2), no colour, slight rotations
+    "digits": dict(image_size=32, min_scale=0.4, hflip=0.0, color_jitter=0.8, jitter_strength=0.5, grayscale=0.0, blur=0.0, rotation=0.5),
+    "cifar10": dict(_SMALL, image_size=32),
+    "cifar100": dict(_SMALL, image_size=32),
+    "stl10": dict(_NATURAL, image_size=96),
+    "imagefolder": dict(_NATURAL, image_size=224),
+}
+
+
+def resolve_data_config(cfg: DataConfig) -> DataConfig:
+    """Fill the fields left at None with the dataset's defaults (an unknown dataset is an error)."""
+    if cfg.name not in DATASET_DEFAULTS:
+        raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {', '.join(DATASETS)} (data.name / --data)")
+    filled = {key: value for key, value in DATASET_DEFAULTS[cfg.name].items() if getattr(cfg, key) is None}
+    return replace(cfg, **filled)
+
+
 def views_transform(cfg: DataConfig, num_views: int = 2):
     """Two (or more) SSL views per image from lightly's SimCLR view transform, sized to the image."""
+    cfg = resolve_data_config(cfg)
     from lightly.transforms import SimCLRViewTransform
     from lightly.transforms.multi_view_transform import MultiViewTransform
 
@@ -191,6 +212,7 @@ def views_transform(cfg: DataConfig, num_views: int = 2):
 
 def eval_transform(cfg: DataConfig):
     """Deterministic: resize the short side (with the usual 0.875 crop ratio above 64 px), centre crop."""
+    cfg = resolve_data_config(cfg)
     resize = cfg.image_size if cfg.image_size <= 64 else int(round(cfg.image_size / 0.875))
     return T.Compose([T.Resize(resize), T.CenterCrop(cfg.image_size), T.ToTensor()])
 
@@ -209,7 +231,3 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: 
         persistent_workers=num_workers > 0,
         generator=generator,
     )
-
-
-def with_image_size(cfg: DataConfig, image_size: int) -> DataConfig:
-    return replace(cfg, image_size=image_size)

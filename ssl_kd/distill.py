@@ -1,0 +1,99 @@
+"""Distillation: a frozen teacher, a student, a method and its momentum queue, run by the one loop.
+
+`distill(cfg, teacher, run_dir)` builds the student and the method from the config, trains them
+with `ssl_kd.loop.fit` on two SSL views of the training split, and exports the student's backbone
+as a plain timm state dict (`student_timm.pth` + `student_timm.json`) that
+`timm.create_model(name, num_classes=0, checkpoint_path=...)` loads with no ssl_kd code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Config, to_dict
+from .data import build_dataset, make_loader, views_transform
+from .errors import UserError
+from .losses import build_method
+from .loop import FitResult, fit, resolve_device
+from .queue import MomentumQueue
+from .students import Student
+from .teachers import Teacher
+
+
+class DistillObjective(nn.Module):
+    """One step: teacher and student embed all views; the method turns them into a loss."""
+
+    def __init__(self, teacher: Teacher, student: Student, method: nn.Module, queue: MomentumQueue | None):
+        super().__init__()
+        self.teacher = teacher  # frozen; not part of `trainable`, so never optimized nor checkpointed
+        parts = {"student": student, "method": method}
+        if queue is not None:
+            parts["queue"] = queue
+        self.trainable = nn.ModuleDict(parts)
+        self._to_enqueue: torch.Tensor | None = None
+
+    @property
+    def student(self) -> Student:
+        return self.trainable["student"]
+
+    def forward(self, views: list[torch.Tensor]) -> dict:
+        images = torch.cat(views)
+        with torch.no_grad():
+            teacher_out = self.teacher(images)
+        student_out = self.student(images)
+        method = self.trainable["method"]
+        queue = self.trainable["queue"].get() if "queue" in self.trainable else None
+        out = method(student_out, teacher_out, queue, len(views))
+        if queue is not None:
+            self._to_enqueue = method.queue_items(teacher_out).detach()
+        return out
+
+    def after_step(self) -> None:
+        """Enqueue after the optimizer step: the queue's rows took part in this step's graph."""
+        if self._to_enqueue is not None:
+            self.trainable["queue"].enqueue(self._to_enqueue)
+            self._to_enqueue = None
+
+
+@dataclass
+class DistillResult:
+    student: Student
+    fit: FitResult
+    export_path: Path
+
+
+def build_student(cfg: Config, teacher: Teacher) -> Student:
+    """The student, initialised from `student.init_seed` (the random-init baseline uses the same call)."""
+    return Student(cfg.student, teacher.embed_dim, teacher.mean.flatten().tolist(), teacher.std.flatten().tolist())
+
+
+def distill(cfg: Config, teacher: Teacher, run_dir: Path) -> DistillResult:
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
+    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+    student = build_student(cfg, teacher)
+    method = build_method(cfg.loss, student.feat_dim, teacher.embed_dim)
+    queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
+    if method.needs_logits:
+        raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")
+    objective = DistillObjective(teacher, student, method, queue)
+    result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device)
+    export = export_student(student, Path(run_dir))
+    return DistillResult(student=student, fit=result, export_path=export)
+
+
+def export_student(student: Student, run_dir: Path) -> Path:
+    """The backbone as a plain timm state dict plus a JSON naming the timm model to build."""
+    path = run_dir / "student_timm.pth"
+    torch.save({k: v.detach().cpu() for k, v in student.backbone.state_dict().items()}, path)
+    info = {"timm_name": student.arch, "num_classes": 0, "small_stem": student.small_stem,
+            "mean": student.mean.flatten().tolist(), "std": student.std.flatten().tolist(),
+            "load": f"timm.create_model('{student.arch}', num_classes=0, checkpoint_path='student_timm.pth')"}
+    (run_dir / "student_timm.json").write_text(json.dumps(info, indent=2))
+    return path
