@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, metavar="N")
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/default)")
     add_config_arguments(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> dict:
@@ -64,11 +64,11 @@ def main(argv=None) -> dict:
     write_config(cfg, out)
     device = resolve_device(cfg.train.device)
 
+    train_eval = build_dataset(cfg.data, "train", eval_transform(cfg.data))  # fail fast on bad data
+    test_eval = build_dataset(cfg.data, "test", eval_transform(cfg.data))
     teacher_path = cfg.teacher.path or default_teacher(cfg.data.name)
     teacher = load_teacher(teacher_path, arch=cfg.teacher.arch).to(device)
     print(f"teacher: {teacher.arch} ({teacher.format} checkpoint {teacher_path}), {teacher.embed_dim}-d features")
-    train_eval = build_dataset(cfg.data, "train", eval_transform(cfg.data))  # fail fast on bad data
-    test_eval = build_dataset(cfg.data, "test", eval_transform(cfg.data))
 
     print(f"distilling into {cfg.student.arch} with {cfg.loss.method} for {cfg.train.epochs} epochs on {cfg.data.name} ({device})")
     run = distill(cfg, teacher, out)

@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--out", help="output directory (teacher.pth, metrics.jsonl, checkpoints/)")
     add_config_arguments(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> Path:

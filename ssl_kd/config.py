@@ -39,6 +39,7 @@ class DataConfig:
     rotation: Optional[float] = None  # random-rotation probability
     rotation_degrees: float = 15.0
     val_fraction: float = 0.2  # ImageFolder without train/ and val/: fraction held out as test
+    subset: Optional[int] = None  # use only the first N images of each split (smoke tests, quick looks)
 
 
 @dataclass
@@ -114,7 +115,8 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise UserError(f"override '{item}' is not key=value; write it like train.epochs=5")
         key, value = item.split("=", 1)
-        merged = _merge(merged, OmegaConf.from_dotlist([f"{key.strip()}={value}"]), schema, f"override '{item}'")
+        key = key.strip()
+        merged = _merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]), schema, f"override '{item}'", key)
     return OmegaConf.to_object(merged)
 
 
@@ -137,11 +139,11 @@ def _read_yaml(path: Path):
     return loaded
 
 
-def _merge(base, extra, schema: type, source: str):
+def _merge(base, extra, schema: type, source: str, written_key: str | None = None):
     try:
         return OmegaConf.merge(base, extra)
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or ""
+        key = written_key or getattr(err, "full_key", None) or ""
         raise UserError(_explain(err, key, schema, source)) from None
 
 
@@ -160,6 +162,7 @@ def _all_keys(schema: type, prefix: str = "") -> list[str]:
     for f in fields(schema):
         default = f.default if f.default_factory is MISSING else f.default_factory()
         if is_dataclass(default):
+            keys.append(f"{prefix}{f.name}")
             keys += _all_keys(type(default), f"{prefix}{f.name}.")
         else:
             keys.append(f"{prefix}{f.name}")

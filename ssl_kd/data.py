@@ -82,6 +82,8 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None) -> In
     """The `split` ("train" or "test") of the dataset `cfg.name`, with `transform` applied."""
     cfg = resolve_data_config(cfg)
     base, classes = DATASETS[cfg.name](cfg, split)
+    if cfg.subset is not None:
+        base = Subset(base, range(min(cfg.subset, len(base))))
     if len(base) == 0:
         raise UserError(f"the {split} split of dataset '{cfg.name}' is empty; point --data-root at a folder with images")
     return IndexedDataset(base, transform, classes)
@@ -120,8 +122,13 @@ def _imagefolder(cfg: DataConfig, split: str):
     if not root.is_dir():
         raise UserError(f"data root {root} is not a folder; pass --data-root DIR holding one sub-folder per class")
     if (root / "train").is_dir():
-        folder = root / "train" if split == "train" else _first_dir(root, ("val", "test"), split)
-        return _image_folder(ImageFolder, folder), None
+        train = _image_folder(ImageFolder, root / "train")
+        if split == "train":
+            return train, train.classes
+        folder = _first_dir(root, ("val", "test"), split)
+        held_out = _image_folder(ImageFolder, folder)
+        _use_train_labels(held_out, train, folder)
+        return held_out, train.classes
     dataset = _image_folder(ImageFolder, root)
     train_idx, test_idx = _stratified_split(dataset.targets, cfg.val_fraction)
     subset = Subset(dataset, train_idx if split == "train" else test_idx)
@@ -136,6 +143,18 @@ def _image_folder(cls, folder: Path):
     if len(dataset) == 0:
         raise UserError(f"no images in {folder}; put images in one sub-folder per class, e.g. {folder}/cat/1.jpg")
     return dataset
+
+
+def _use_train_labels(held_out, train, folder: Path) -> None:
+    """Number the held-out split's classes as the train split does (ImageFolder numbers the folders it sees)."""
+    unknown = sorted(set(held_out.classes) - set(train.classes))
+    if unknown:
+        raise UserError(f"{folder} has classes that train/ lacks ({', '.join(unknown[:3])}); give both splits the same class folders")
+    mapping = [train.class_to_idx[name] for name in held_out.classes]
+    held_out.samples = [(path, mapping[label]) for path, label in held_out.samples]
+    held_out.imgs = held_out.samples
+    held_out.targets = [label for _, label in held_out.samples]
+    held_out.classes, held_out.class_to_idx = train.classes, train.class_to_idx
 
 
 def _first_dir(root: Path, names: tuple[str, ...], split: str) -> Path:
