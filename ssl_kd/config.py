@@ -70,7 +70,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
