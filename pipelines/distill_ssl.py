@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
         method=cfg.loss.method, config=to_dict(cfg), machine=machine_description(device),
         data={"name": cfg.data.name, "train": len(train_eval), "test": len(test_eval), "image_size": cfg.data.image_size},
         training={"epochs": cfg.train.epochs, "steps": run.fit.steps, "seconds": train_seconds,
-                  "final": {k: v for k, v in (run.fit.history[-1] if run.fit.history else {}).items()}},
+                  "final": run.fit.history[-1] if run.fit.history else {}},
         total_seconds=round(time.time() - started, 1),
     )
     report["teacher"]["source"] = str(teacher_path)

@@ -16,12 +16,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, flag_keys: dict[str, str], schema: type):
     """Merge defaults < --config < flags (mapped to keys by `flag_keys`) < key=value overrides."""
-    flag_overrides = [f"{key}={_yaml_value(getattr(args, flag))}" for flag, key in flag_keys.items() if getattr(args, flag, None) is not None]
+    flag_overrides = [f"{key}={getattr(args, flag)}" for flag, key in flag_keys.items() if getattr(args, flag, None) is not None]
     return load_config(args.config, flag_overrides + list(args.overrides), schema=schema)
-
-
-def _yaml_value(value) -> str:
-    return str(value)
 
 
 def write_config(cfg, out_dir: Path) -> None:
