@@ -8,11 +8,9 @@ first match wins, so specific layouts (MoCo: keys under `encoder_q.`) sit before
 (`timm`: any plain state dict). A new layout (DINO, MoCo v3, SimCLR, ...) is one detector, one
 converter and one decorator line; nothing else changes.
 
-Layouts (sources: facebookresearch/moco `main_moco.py` / `main_lincls.py`, timm `_helpers.py`):
-
-* `ssl_kd`: this project's own teacher file, written by `save_teacher` (see `pack_ssl_kd`).
-* `moco`:   MoCo v1/v2 training checkpoints: `encoder_q` minus its `fc` projector.
-* `timm`:   a plain timm or torchvision state dict, bare or under `state_dict` / `model`.
+The layouts themselves live in `layouts/`, one family a file, registered on import. When a file does
+not say its architecture, converters ask `infer_arch(state_dict)`, which tries the registered
+shape-based inferers (ResNet depth from block counts, ViT size from width/depth/patch, ...).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
@@ -29,9 +26,6 @@ from ..errors import UserError
 StateDict = dict[str, Tensor]
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, stripped as true prefixes
-SSL_KD_KEY = "ssl_kd_teacher"
-SSL_KD_VERSION = 1
-_FP16_MAX = torch.finfo(torch.float16).max
 
 
 @dataclass
@@ -45,6 +39,10 @@ class Converted:
     std: tuple[float, float, float] | None = None
     input_size: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    inferred_arch: str | None = None  # from the tensor shapes (`infer_arch`), when the file does not say
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (reg_tokens, ...)
+    # called with (state_dict, built model) before the strict check, e.g. to resample ViT position embeddings
+    adapt: Callable[[StateDict, nn.Module], StateDict] | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +89,32 @@ def find_layout(obj: Any) -> Layout:
         f"unrecognised checkpoint layout ({describe(obj)}); supported layouts: {supported}; "
         "re-save the backbone weights as a plain timm state dict"
     )
+
+
+def layout_named(name: str) -> Layout:
+    """The layout registered as `name` (for an explicit --teacher-format), else a `UserError`."""
+    for layout in _LAYOUTS:
+        if layout.name == name:
+            return layout
+    raise UserError(f"unknown teacher format '{name}'; choose one of: auto, {', '.join(l.name for l in _LAYOUTS)}")
+
+
+_ARCH_INFERERS: list[Callable[[StateDict], str | None]] = []
+
+
+def register_arch_inferer(infer: Callable[[StateDict], str | None]) -> Callable[[StateDict], str | None]:
+    """Decorator: a function that names the timm arch from a backbone state dict's shapes, or None."""
+    _ARCH_INFERERS.append(infer)
+    return infer
+
+
+def infer_arch(state_dict: StateDict) -> str | None:
+    """The first registered inferer's answer for this (timm-keyed) backbone state dict, else None."""
+    for infer in _ARCH_INFERERS:
+        arch = infer(state_dict)
+        if arch:
+            return arch
+    return None
 
 
 def detect_format(obj: Any) -> str:
@@ -180,130 +204,3 @@ def arch_field(obj: Any) -> str | None:
     """The checkpoint's own `arch` string, if it has one."""
     arch = obj.get("arch") if isinstance(obj, Mapping) else None
     return arch if isinstance(arch, str) and arch else None
-
-
-# ---------------------------------------------------------------------------------------------
-# ssl_kd: this project's own teacher file
-
-
-def pack_ssl_kd(
-    state_dict: Mapping[str, Tensor],
-    arch: str,
-    *,
-    mean: Iterable[float],
-    std: Iterable[float],
-    input_size: int | None,
-    meta: Mapping[str, Any] | None,
-    half: bool,
-) -> dict[str, Any]:
-    """The `ssl_kd` teacher record. With `half`, floating tensors are stored as fp16 (unless out of range)."""
-    tensors = {key: _storable(value, half) for key, value in state_dict.items()}
-    return {
-        SSL_KD_KEY: SSL_KD_VERSION,
-        "arch": arch,
-        "state_dict": tensors,
-        "mean": list(_triple(mean, "mean")),
-        "std": list(_triple(std, "std")),
-        "input_size": None if input_size is None else int(input_size),
-        "meta": _plain(dict(meta or {})),
-    }
-
-
-def _storable(value: Tensor, half: bool) -> Tensor:
-    value = value.detach().cpu()
-    if half and value.is_floating_point() and value.numel() and value.abs().max() <= _FP16_MAX:
-        return value.half()
-    return value
-
-
-def _plain(value: Any) -> Any:
-    """Meta made of what `torch.load(weights_only=True)` reads: dicts, lists, str, numbers, bool, None."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)  # paths, enums, namespaces: keep them readable rather than unloadable
-
-
-def _triple(values: Any, name: str) -> tuple[float, float, float]:
-    try:
-        triple = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        triple = ()
-    if len(triple) != 3 or (name == "std" and min(triple) <= 0):
-        rule = "3 numbers > 0" if name == "std" else "3 numbers"
-        got = " ".join(repr(values).split())[:80]
-        raise UserError(f"teacher {name} must be {rule} (one per RGB channel), got {got}; fix it or re-export the teacher")
-    return triple  # type: ignore[return-value]
-
-
-def _is_ssl_kd(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and SSL_KD_KEY in obj
-
-
-@register_layout("ssl_kd", "an ssl_kd teacher file written by save_teacher", _is_ssl_kd, priority=0)
-def _convert_ssl_kd(obj: Mapping[str, Any]) -> Converted:
-    version = obj[SSL_KD_KEY]
-    if version != SSL_KD_VERSION:
-        raise UserError(
-            f"ssl_kd teacher file version {version!r} is not readable by this ssl_kd "
-            f"(it reads version {SSL_KD_VERSION}); upgrade ssl_kd or export the teacher again"
-        )
-    if arch_field(obj) is None or not is_state_dict(obj.get("state_dict")):
-        raise UserError("ssl_kd teacher file lacks a valid 'arch' or 'state_dict'; it is damaged, re-export the teacher")
-    size, meta = obj.get("input_size"), obj.get("meta")
-    return Converted(
-        state_dict=dict(obj["state_dict"]),
-        arch=obj["arch"],
-        mean=_triple(obj.get("mean"), "mean"),
-        std=_triple(obj.get("std"), "std"),
-        input_size=int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) else None,
-        meta=dict(meta) if isinstance(meta, Mapping) else {},
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# MoCo v1 / v2 (facebookresearch/moco): {"epoch", "arch", "state_dict": module.encoder_q.*, ..., "optimizer"}
-
-
-def _is_moco(obj: Any) -> bool:
-    state_dict, _ = inner_state_dict(obj, ("state_dict",))
-    return state_dict is not None and any(key.startswith("encoder_q.") for key in state_dict)
-
-
-@register_layout("moco", "MoCo v1/v2 checkpoint with module.encoder_q.* keys", _is_moco, priority=10)
-def _convert_moco(obj: Any) -> Converted:
-    state_dict, used = inner_state_dict(obj, ("state_dict",))
-    state_dict = state_dict or {}
-    encoder = {k[len("encoder_q.") :]: v for k, v in state_dict.items() if k.startswith("encoder_q.")}
-    rest = [k for k in state_dict if not k.startswith("encoder_q.")]
-    head = [k for k in encoder if k.startswith("fc.")]
-    version = "v2" if "fc.0.weight" in encoder else "v1" if "fc.weight" in encoder else None
-    ignored = [f"projector encoder_q.fc.* ({len(head)} tensors, MoCo {version or '?'} head)"] if head else []
-    ignored += group_keys(rest) + unused_top_level(obj, used)
-    meta: dict[str, Any] = {"method": "moco" + (version or "")}
-    if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int):
-        meta["epochs"] = obj["epoch"]
-    backbone = {k: v for k, v in encoder.items() if not k.startswith("fc.")}
-    return Converted(state_dict=backbone, arch=arch_field(obj), ignored=ignored, meta=meta)
-
-
-# ---------------------------------------------------------------------------------------------
-# timm / torchvision: a plain state dict, bare or under "state_dict" / "model"
-
-
-_TIMM_KEYS = ("state_dict", "model")
-
-
-def _is_timm(obj: Any) -> bool:
-    return inner_state_dict(obj, _TIMM_KEYS)[0] is not None
-
-
-@register_layout(
-    "timm", "a plain timm/torchvision state dict, bare or under 'state_dict'/'model'", _is_timm, priority=100
-)
-def _convert_timm(obj: Any) -> Converted:
-    state_dict, key = inner_state_dict(obj, _TIMM_KEYS)
-    return Converted(state_dict=state_dict or {}, arch=arch_field(obj), ignored=unused_top_level(obj, key))

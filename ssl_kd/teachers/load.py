@@ -25,7 +25,9 @@ from torch import Tensor, nn
 from ..checkpoint import load_checkpoint, save_atomic
 from ..embeddings import Embeddings
 from ..errors import UserError
-from .formats import StateDict, drop_classifier, find_layout, pack_ssl_kd
+from . import layouts  # noqa: F401  (registers every layout)
+from .formats import StateDict, drop_classifier, find_layout, layout_named
+from .layouts.native import pack_ssl_kd
 
 log = logging.getLogger("ssl_kd")
 
@@ -81,18 +83,23 @@ class Teacher(nn.Module):
         return f"arch={self.arch}, format={self.format}, embed_dim={self.embed_dim}, source={self.source!r}"
 
 
-def load_teacher(path: str | os.PathLike, arch: str | None = None) -> Teacher:
-    """Load a teacher checkpoint of any supported layout as a frozen `Teacher` (see module docstring)."""
+def load_teacher(path: str | os.PathLike, arch: str | None = None, format: str = "auto") -> Teacher:
+    """Load a teacher checkpoint of any supported layout as a frozen `Teacher` (see module docstring).
+
+    `format="auto"` detects the layout; a layout name (`--teacher-format`) forces it.
+    """
     source = str(path)
     obj = load_checkpoint(path)
     try:
-        layout = find_layout(obj)
+        layout = find_layout(obj) if format == "auto" else layout_named(format)
         converted = layout.convert(obj)
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
-    arch_name = resolve_arch(converted.arch, arch, source)
-    backbone = timm.create_model(arch_name, pretrained=False, num_classes=0)
+    arch_name = resolve_arch(converted.arch, arch, source, inferred=converted.inferred_arch)
+    backbone = timm.create_model(arch_name, pretrained=False, num_classes=0, **converted.model_kwargs)
     state_dict, dropped = drop_classifier(converted.state_dict, backbone)
+    if converted.adapt is not None:
+        state_dict = converted.adapt(state_dict, backbone)
     hint = (
         f"the file's own arch field says {arch_name}; is it another model's file?"
         if converted.arch
@@ -139,17 +146,17 @@ def save_teacher(
     return save_atomic(record, path)
 
 
-def resolve_arch(own: str | None, given: str | None, source: str) -> str:
-    """The timm name to build: the checkpoint's own, else the caller's; they must agree if both exist."""
-    if own and given and split_model_name_tag(own)[0] != split_model_name_tag(given)[0]:
-        raise UserError(
-            f"{source} says its arch is {own} but --teacher-arch is {given}; "
-            f"drop --teacher-arch or pass {own}"
-        )
-    arch = own or given
-    if not arch:
+def resolve_arch(own: str | None, given: str | None, source: str, inferred: str | None = None) -> str:
+    """The timm name to build: the file's own `arch`, else the one inferred from its shapes, else the
+    caller's (`--teacher-arch`). Any two that disagree are an error naming both."""
+    named = [(f"{source} says its arch is", own), ("its weights' shapes say", inferred), ("--teacher-arch is", given)]
+    named = [(what, arch) for what, arch in named if arch]
+    for (what_a, a), (what_b, b) in zip(named, named[1:]):
+        if split_model_name_tag(a)[0] != split_model_name_tag(b)[0]:
+            raise UserError(f"{what_a} {a} but {what_b} {b}; drop --teacher-arch or pass {named[0][1]}")
+    if not named:
         raise UserError(f"{source} does not say its architecture; {ARCH_HINT}")
-    return check_timm_arch(arch)
+    return check_timm_arch(named[0][1])
 
 
 def check_timm_arch(arch: str) -> str:
