@@ -35,15 +35,20 @@ from ssl_kd.losses import METHODS  # noqa: E402
 from ssl_kd.teachers import load_teacher  # noqa: E402
 
 FLAGS = {
-    "teacher": "teacher.path", "teacher_arch": "teacher.arch", "data": "data.name", "data_root": "data.root",
+    "teacher": "teacher.path", "teacher_arch": "teacher.arch", "teacher_format": "teacher.format",
+    "trust_checkpoint": "teacher.trust_checkpoint", "data": "data.name", "data_root": "data.root",
     "student": "student.arch", "method": "loss.method", "epochs": "train.epochs", "batch_size": "train.batch_size", "out": "out",
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (ssl_kd, MoCo v1/v2, timm or torchvision layout); default: the embedded digits teacher")
+    parser.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (.pth/.tar/.safetensors; layout detected, "
+                        "see python -m ssl_kd.teachers inspect FILE) or timm:NAME.TAG (downloads); default: the embedded digits teacher")
     parser.add_argument("--teacher-arch", metavar="NAME", help="timm name of the teacher, for checkpoints that do not say it (e.g. resnet50)")
+    parser.add_argument("--teacher-format", metavar="NAME", help="force the checkpoint layout instead of detecting it (auto)")
+    parser.add_argument("--trust-checkpoint", action="store_true", default=None,
+                        help="allow a full unpickle of a teacher file that pickles foreign classes (can run its code: trusted files only)")
     parser.add_argument("--data", metavar="NAME", help="digits (default, embedded) | cifar10 | cifar100 | stl10 | imagefolder")
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder (torchvision download target, or an ImageFolder)")
     parser.add_argument("--student", metavar="NAME", help="timm name of the student backbone (default resnet10t)")
@@ -67,8 +72,10 @@ def main(argv=None) -> dict:
     train_eval = build_dataset(cfg.data, "train", eval_transform(cfg.data))  # fail fast on bad data
     test_eval = build_dataset(cfg.data, "test", eval_transform(cfg.data))
     teacher_path = cfg.teacher.path or default_teacher(cfg.data.name)
-    teacher = load_teacher(teacher_path, arch=cfg.teacher.arch).to(device)
-    print(f"teacher: {teacher.arch} ({teacher.format} checkpoint {teacher_path}), {teacher.embed_dim}-d features")
+    teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
+                           image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
+    logits = ", with logits" if teacher.has_logits else ""
+    print(f"teacher: {teacher.arch} ({teacher.format} checkpoint {teacher_path}), {teacher.embed_dim}-d features{logits}")
 
     print(f"distilling into {cfg.student.arch} with {cfg.loss.method} for {cfg.train.epochs} epochs on {cfg.data.name} ({device})")
     run = distill(cfg, teacher, out)

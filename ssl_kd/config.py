@@ -44,8 +44,11 @@ class DataConfig:
 
 @dataclass
 class TeacherConfig:
-    path: Optional[str] = None  # None: the embedded default teacher (digits only)
+    path: Optional[str] = None  # checkpoint file or timm:NAME.TAG; None: the embedded default teacher (digits only)
     arch: Optional[str] = None  # timm name, for checkpoints that do not say it
+    format: str = "auto"  # checkpoint layout; auto detects it (python -m ssl_kd.teachers inspect FILE shows the choice)
+    trust_checkpoint: bool = False  # full unpickle of files that pickle foreign classes: only for trusted sources
+    image_size: Optional[int] = None  # side the teacher sees; None: the data's (inputs are resized to an int)
 
 
 @dataclass

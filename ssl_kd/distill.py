@@ -80,7 +80,7 @@ def distill(cfg: Config, teacher: Teacher, run_dir: Path) -> DistillResult:
     student = build_student(cfg, teacher)
     method = build_method(cfg.loss, student.feat_dim, teacher.embed_dim)
     queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
-    if method.needs_logits:
+    if method.needs_logits and not teacher.has_logits:
         raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")
     objective = DistillObjective(teacher, student, method, queue)
     result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device)

@@ -46,11 +46,12 @@ def create_backbone(arch: str, *, small_stem: bool = False) -> nn.Module:
 
 
 def _use_small_stem(backbone: nn.Module, arch: str) -> None:
-    conv1 = getattr(backbone, "conv1", None)
-    if not isinstance(conv1, nn.Conv2d) or not hasattr(backbone, "maxpool"):
-        raise UserError(f"student.small_stem needs a ResNet with a single conv1 stem; '{arch}' has another stem; set student.small_stem=false")
-    backbone.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, stride=1, padding=1, bias=False)
-    backbone.maxpool = nn.Identity()
+    from .teachers.layouts.resnet_arch import small_stem
+
+    try:
+        small_stem(backbone, padding=1)
+    except UserError:
+        raise UserError(f"student.small_stem needs a ResNet with a single conv1 stem; '{arch}' has another stem; set student.small_stem=false") from None
 
 
 class Student(nn.Module):

@@ -282,11 +282,12 @@ def test_error_arch_disagreement(tmp_path: Path) -> None:
         load_teacher(path, arch="resnet50")
 
 
-def test_error_moco_without_arch_field(tmp_path: Path) -> None:
+def test_moco_without_arch_field_infers_it_from_shapes(tmp_path: Path) -> None:
     path = _moco_file(tmp_path, _reference(), arch=None)
-    with pytest.raises(UserError, match="--teacher-arch"):
-        load_teacher(path)
+    assert load_teacher(path).arch == "resnet18"
     assert load_teacher(path, arch="resnet18").arch == "resnet18"
+    with pytest.raises(UserError, match="resnet34"):
+        load_teacher(path, arch="resnet34")
 
 
 def test_error_shape_mismatch(tmp_path: Path) -> None:

@@ -1,11 +1,15 @@
 """Teachers: official self-supervised checkpoints turned into frozen timm backbones.
 
-`load_teacher(path, arch=None)` detects the checkpoint's layout (`formats.py`: one registered
-detector + converter per layout), loads it strictly into `timm.create_model(arch, num_classes=0)`
-and returns a frozen `Teacher`. `save_teacher` writes the project's own teacher file.
+`load_teacher(path_or_name, arch=None, format="auto", *, trust=False, image_size=None)` reads the
+file safely, detects its layout (`formats.py`: one registered detector + converter per layout, in
+`layouts/`), loads it strictly into `timm.create_model(arch, num_classes=0)` (keeping the head of a
+supervised timm/torchvision classifier, for logits) and returns a frozen `Teacher`; `timm:NAME.TAG`
+names take timm's pretrained weights. `save_teacher` writes the project's own teacher file.
+`python -m ssl_kd.teachers inspect FILE` shows what a file holds and whether it loads.
 """
 
 from .formats import detect_format
 from .load import Teacher, load_teacher, save_teacher
+from .teacher import LoadInfo
 
-__all__ = ["Teacher", "detect_format", "load_teacher", "save_teacher"]
+__all__ = ["LoadInfo", "Teacher", "detect_format", "load_teacher", "save_teacher"]

@@ -1,127 +1,176 @@
 """Load a frozen teacher: checkpoint file -> layout -> timm backbone (strict) -> `Teacher`.
 
-`load_teacher(path, arch=None)` reads the file safely, detects its layout (`formats.py`), resolves
-the timm architecture (the file's own `arch` field first, else the caller's), builds
+`load_teacher(path, arch=None)` reads the file safely (`checkpoint.load_checkpoint`: allowlisted
+types only unless `trust`), detects its layout (`formats.py`, or the one `format` names), resolves
+the timm architecture (the file's own `arch` field, else its shapes, else the caller's), builds
 `timm.create_model(arch, pretrained=False, num_classes=0)` and loads the mapped weights strictly:
 every backbone tensor must land, with the right shape, and nothing may be left over except what the
 layout deliberately leaves out (projector heads, momentum encoder, queue, optimizer, classifier),
-which is named in one INFO log line. `save_teacher` writes the project's own teacher file.
+which is named in one INFO log line. A plain timm/torchvision classifier keeps its head, and the
+teacher then also gives logits. `timm:NAME` teachers come from `hub.py`. `save_teacher` writes the
+project's own teacher file.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import timm
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import split_model_name_tag
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, save_atomic
-from ..embeddings import Embeddings
 from ..errors import UserError
 from . import layouts  # noqa: F401  (registers every layout)
-from .formats import StateDict, drop_classifier, find_layout, layout_named
+from .formats import (
+    Converted,
+    Layout,
+    StateDict,
+    describe,
+    drop_classifier,
+    find_layout,
+    inner_state_dict,
+    layout_named,
+)
+from .formats import layouts as registered_layouts
+from .hub import check_timm_arch, is_timm_tag, load_timm_tag
 from .layouts.native import pack_ssl_kd
+from .teacher import LoadInfo, Teacher, note_resolution
+
+__all__ = ["Teacher", "check_timm_arch", "fit_state_dict", "load_teacher", "resolve_arch", "save_teacher"]
 
 log = logging.getLogger("ssl_kd")
 
 ARCH_HINT = "pass --teacher-arch NAME (a timm model name, e.g. resnet50)"
 
 
-class Teacher(nn.Module):
-    """A frozen timm backbone that normalises its own input and returns `Embeddings`.
-
-    Input: images in [0, 1], float [B, 3, H, W], not normalised; the teacher applies its own
-    mean/std. Output: `Embeddings(feat=f, emb=f, logits=None)` with f the pooled backbone feature
-    [B, embed_dim], computed without autograd. Every parameter has `requires_grad=False`, and the
-    module stays in eval mode whatever `.train()` is called with, on it or on a parent.
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        *,
-        arch: str,
-        mean: Sequence[float],
-        std: Sequence[float],
-        input_size: int | None = None,
-        format: str = "unknown",
-        meta: Mapping[str, Any] | None = None,
-        source: str = "",
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.arch = arch
-        self.embed_dim: int = int(backbone.num_features)
-        self.input_size = input_size
-        self.format = format
-        self.meta = dict(meta or {})
-        self.source = source
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> "Teacher":
-        """Always eval mode: a frozen teacher's BatchNorm statistics and dropout never change."""
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, x: Tensor) -> Embeddings:
-        if not x.is_floating_point():
-            raise TypeError(f"Teacher expects float images in [0, 1], got dtype {x.dtype}")
-        feat = self.backbone((x - self.mean) / self.std)
-        return Embeddings(feat=feat, emb=feat, logits=None)
-
-    def extra_repr(self) -> str:
-        return f"arch={self.arch}, format={self.format}, embed_dim={self.embed_dim}, source={self.source!r}"
+# Layouts whose classifier head is a trained classifier (timm / torchvision files), kept for logits.
+# Every SSL layout strips its projector heads itself; anything left under `fc`/`head` is dropped.
+CLASSIFIER_LAYOUTS = ("timm", "plain")
+# ... but only for a bare state dict or one under `state_dict`/`state_dict_ema` (timm train.py, torchvision,
+# .safetensors); research-code files under `model` (MAE, DeiT, converted MoCo v3) may keep probes there: dropped.
+CLASSIFIER_WRAPPERS = (None, "state_dict", "state_dict_ema")
 
 
-def load_teacher(path: str | os.PathLike, arch: str | None = None, format: str = "auto") -> Teacher:
+def load_teacher(
+    path_or_name: str | os.PathLike,
+    arch: str | None = None,
+    format: str = "auto",
+    *,
+    trust: bool = False,
+    image_size: int | None = None,
+) -> Teacher:
     """Load a teacher checkpoint of any supported layout as a frozen `Teacher` (see module docstring).
 
-    `format="auto"` detects the layout; a layout name (`--teacher-format`) forces it.
+    `path_or_name`: a checkpoint file (torch pickle or `.safetensors`), or `timm:NAME[.TAG]` for timm's
+    pretrained weights (downloads). `format="auto"` detects the layout; a layout name
+    (`--teacher-format`) forces it. `trust` (`--trust-checkpoint`) allows a full unpickle of files that
+    pickle foreign classes. `image_size`: the side the teacher's backbone sees (see `Teacher`).
     """
-    source = str(path)
-    obj = load_checkpoint(path)
+    if is_timm_tag(path_or_name):
+        return load_timm_tag(str(path_or_name), arch, format, image_size)
+    source = str(path_or_name)
+    forced = None if format == "auto" else layout_named(format)  # a bad name fails before reading the file
+    obj = load_checkpoint(path_or_name, trust=trust)
     try:
-        layout = find_layout(obj) if format == "auto" else layout_named(format)
+        layout = choose_layout(obj, forced)
         converted = layout.convert(obj)
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
     arch_name = resolve_arch(converted.arch, arch, source, inferred=converted.inferred_arch)
-    backbone = timm.create_model(arch_name, pretrained=False, num_classes=0, **converted.model_kwargs)
-    state_dict, dropped = drop_classifier(converted.state_dict, backbone)
-    if converted.adapt is not None:
-        state_dict = converted.adapt(state_dict, backbone)
-    hint = (
-        f"the file's own arch field says {arch_name}; is it another model's file?"
-        if converted.arch
-        else "wrong --teacher-arch?"
-    )
-    state_dict = fit_state_dict(state_dict, backbone, f"{source} does not fit timm {arch_name}", hint)
+    keep_head = layout.name in CLASSIFIER_LAYOUTS and _wrapper_key(obj) in CLASSIFIER_WRAPPERS
+    backbone, state_dict, ignored = build_backbone(converted, arch_name, source, keep_head=keep_head)
     backbone.load_state_dict(state_dict, strict=True)
-    ignored = converted.ignored + dropped
+    has_logits = getattr(backbone, "num_classes", 0) > 0
+    info = LoadInfo(arch_origin(converted, arch), len(state_dict), count_tensors(obj), ignored)
     log.info(
-        "teacher %s: format %s, arch %s, %d tensors loaded; ignored: %s",
-        source, layout.name, arch_name, len(state_dict), ", ".join(ignored) or "nothing",
+        "teacher %s: format %s, arch %s, %d tensors loaded%s; ignored: %s",
+        source, layout.name, arch_name, len(state_dict), ", classifier kept for logits" if has_logits else "",
+        ", ".join(ignored) or "nothing",
     )
-    return Teacher(
+    return note_resolution(Teacher(
         backbone,
         arch=arch_name,
         mean=converted.mean or IMAGENET_DEFAULT_MEAN,
         std=converted.std or IMAGENET_DEFAULT_STD,
         input_size=converted.input_size,
+        image_size=image_size,
+        has_logits=has_logits,
         format=layout.name,
         meta=converted.meta,
         source=source,
+        info=info,
+    ))
+
+
+def choose_layout(obj: Any, forced: Layout | None) -> Layout:
+    """The detected layout, or the forced one if it recognises the file (forcing picks among the matches)."""
+    if forced is None:
+        return find_layout(obj)
+    if not forced.detect(obj):
+        matches = [layout.name for layout in registered_layouts() if layout.detect(obj)]
+        others = f"layouts that match it: {', '.join(matches)}" if matches else "no layout matches it"
+        raise UserError(f"not a {forced.name} checkpoint ({describe(obj)}); {others}; drop --teacher-format or pick one")
+    return forced
+
+
+def build_backbone(
+    converted: Converted, arch: str, source: str, *, keep_head: bool
+) -> tuple[nn.Module, StateDict, list[str]]:
+    """The timm model for `converted` and its checked state dict, plus what was left out.
+
+    Headless (`num_classes=0`) unless `keep_head` and the file holds a classifier that fits the model
+    (`fc.weight` [C, num_features] for a ResNet): then the model gets that C-way head and loads it too.
+    """
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0, **converted.model_kwargs)
+    num_classes = classifier_size(converted.state_dict, backbone) if keep_head else 0
+    if num_classes:
+        backbone.reset_classifier(num_classes)
+    state_dict, dropped = drop_classifier(converted.state_dict, backbone)
+    if converted.adapt is not None:
+        state_dict = converted.adapt(state_dict, backbone)
+    hint = (
+        f"the file's own arch field says {arch}; is it another model's file?"
+        if converted.arch
+        else "wrong --teacher-arch?"
     )
+    state_dict = fit_state_dict(state_dict, backbone, f"{source} does not fit timm {arch}", hint)
+    return backbone, state_dict, converted.ignored + dropped
+
+
+def classifier_size(state_dict: Mapping[str, Tensor], model: nn.Module) -> int:
+    """C when `state_dict` holds a linear classifier [C, num_features] under the model's classifier name, else 0."""
+    names = getattr(model, "pretrained_cfg", {}).get("classifier") or "fc"
+    name = names if isinstance(names, str) else names[0]
+    weight = state_dict.get(f"{name}.weight")
+    if weight is None or weight.ndim != 2 or weight.shape[1] != model.num_features:
+        return 0
+    return int(weight.shape[0])
+
+
+def arch_origin(converted: Converted, given: str | None) -> str:
+    """Where `resolve_arch`'s answer came from: the file's own field, its shapes, or --teacher-arch."""
+    return "file" if converted.arch else "shapes" if converted.inferred_arch else "flag" if given else "unknown"
+
+
+def count_tensors(obj: Any) -> int:
+    """Every tensor in a loaded checkpoint, however deeply nested (weights, momentum copies, optimizer state)."""
+    if isinstance(obj, Tensor):
+        return 1
+    if isinstance(obj, Mapping):
+        return sum(count_tensors(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(count_tensors(value) for value in obj)
+    return 0
+
+
+def _wrapper_key(obj: Any) -> str | None:
+    """The top-level key a plain state dict sits under (`state_dict`, `model`), or None when bare."""
+    return inner_state_dict(obj, ("state_dict_ema", "model_ema", "state_dict", "model"))[1]
 
 
 def save_teacher(
@@ -151,23 +200,13 @@ def resolve_arch(own: str | None, given: str | None, source: str, inferred: str 
     caller's (`--teacher-arch`). Any two that disagree are an error naming both."""
     named = [(f"{source} says its arch is", own), ("its weights' shapes say", inferred), ("--teacher-arch is", given)]
     named = [(what, arch) for what, arch in named if arch]
-    for (what_a, a), (what_b, b) in zip(named, named[1:]):
-        if split_model_name_tag(a)[0] != split_model_name_tag(b)[0]:
-            raise UserError(f"{what_a} {a} but {what_b} {b}; drop --teacher-arch or pass {named[0][1]}")
     if not named:
         raise UserError(f"{source} does not say its architecture; {ARCH_HINT}")
-    return check_timm_arch(named[0][1])
-
-
-def check_timm_arch(arch: str) -> str:
-    """`arch` if timm knows it, else a `UserError` with up to 3 close names."""
-    if timm.is_model(arch):
-        return arch
-    base, names = split_model_name_tag(arch)[0], timm.list_models()
-    longer = sorted((name for name in names if name.startswith(base)), key=lambda name: (len(name), name))
-    close = list(dict.fromkeys(longer[:3] + difflib.get_close_matches(base, names, n=3)))[:3]
-    suggestion = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise UserError(f"{arch!r} is not a timm model name{suggestion}; see timm.list_models()")
+    (first_what, first), others = named[0], named[1:]
+    for what, arch in others:
+        if split_model_name_tag(first)[0] != split_model_name_tag(arch)[0]:
+            raise UserError(f"{first_what} {first} but {what} {arch}; drop --teacher-arch or pass {first}")
+    return check_timm_arch(first)
 
 
 def fit_state_dict(state_dict: StateDict, model: nn.Module, what: str, hint: str) -> StateDict:

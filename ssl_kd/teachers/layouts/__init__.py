@@ -1,3 +1,3 @@
 """Checkpoint layouts, one family a file; importing this package registers them all (see ../formats.py)."""
 
-from . import moco, native, plain  # noqa: F401
+from . import byol, dino, dinov2, lightning, mae, moco, mocov3, native, plain, resnet_arch, simclr, vit_arch  # noqa: F401

@@ -12,6 +12,7 @@ from ..formats import (
     register_layout,
     unused_top_level,
 )
+from .resnet_arch import resnet_converted
 
 
 def _is_moco(obj: Any) -> bool:
@@ -33,6 +34,6 @@ def _convert_moco(obj: Any) -> Converted:
     if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int):
         meta["epochs"] = obj["epoch"]
     backbone = {k: v for k, v in encoder.items() if not k.startswith("fc.")}
-    return Converted(state_dict=backbone, arch=arch_field(obj), ignored=ignored, meta=meta)
+    return resnet_converted(backbone, arch=arch_field(obj), ignored=ignored, meta=meta)
 
 

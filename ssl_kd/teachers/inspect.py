@@ -1,0 +1,71 @@
+"""What a teacher file holds and how it loads: `python -m ssl_kd.teachers inspect FILE`.
+
+`inspect_teacher` does the same strict load as training (`load_teacher`), so a file it accepts is a
+file `pipelines/distill_ssl.py` will load, and returns a plain dict; `format_info` turns that dict
+into the lines the command prints.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .load import load_teacher
+
+ARCH_ORIGINS = {
+    "file": "from the file's own arch field",
+    "shapes": "inferred from the weights' shapes",
+    "flag": "from --teacher-arch",
+    "timm tag": "from the timm name",
+}
+
+
+def inspect_teacher(
+    path_or_name: str | os.PathLike, arch: str | None = None, format: str = "auto", *, trust: bool = False
+) -> dict[str, Any]:
+    """Load the teacher strictly (a `UserError` if it does not load) and describe it."""
+    teacher = load_teacher(path_or_name, arch=arch, format=format, trust=trust)
+    info = teacher.info
+    return {
+        "source": teacher.source,
+        "format": teacher.format,
+        "arch": teacher.arch,
+        "arch_origin": info.arch_origin,
+        "embed_dim": teacher.embed_dim,
+        "tensors_loaded": info.loaded,
+        "tensors_in_file": info.in_file,
+        "ignored": list(info.ignored),
+        "mean": [round(v, 4) for v in teacher.mean.flatten().tolist()],
+        "std": [round(v, 4) for v in teacher.std.flatten().tolist()],
+        "input_size": teacher.input_size,
+        "has_logits": teacher.has_logits,
+        "num_classes": int(getattr(teacher.backbone, "num_classes", 0)) if teacher.has_logits else 0,
+        "parameters": sum(p.numel() for p in teacher.backbone.parameters()),
+        "meta": dict(teacher.meta),
+    }
+
+
+def format_info(info: dict[str, Any]) -> list[str]:
+    """The report as aligned `name: value` lines."""
+    logits = f"yes ({info['num_classes']} classes)" if info["has_logits"] else "no"
+    rows = [
+        ("file", info["source"]),
+        ("format", info["format"]),
+        ("arch", f"{info['arch']} ({ARCH_ORIGINS.get(info['arch_origin'], info['arch_origin'])})"),
+        ("embed dim", info["embed_dim"]),
+        ("tensors", f"{info['tensors_loaded']} loaded of {info['tensors_in_file']} in the file"),
+        ("ignored", ", ".join(info["ignored"]) or "nothing"),
+        ("mean", _triple(info["mean"])),
+        ("std", _triple(info["std"])),
+        ("input size", f"{info['input_size']} px" if info["input_size"] else "not recorded (teacher sees the data's size)"),
+        ("logits", logits),
+        ("parameters", f"{info['parameters']:,} ({info['parameters'] / 1e6:.1f} M)"),
+    ]
+    if info["meta"]:
+        rows.append(("meta", ", ".join(f"{k}={v}" for k, v in info["meta"].items())))
+    width = max(len(name) for name, _ in rows) + 1
+    return [f"{name + ':':<{width}} {value}" for name, value in rows]
+
+
+def _triple(values: list[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"

@@ -1,0 +1,113 @@
+"""`Teacher`: a frozen timm backbone that normalises and sizes its own input, and what loading it found."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..embeddings import Embeddings
+
+
+@dataclass
+class LoadInfo:
+    """What `load_teacher` found in the file (logged in one line, printed by `python -m ssl_kd.teachers inspect`)."""
+
+    arch_origin: str = "flag"  # where the arch came from: "file" | "shapes" | "flag" | "timm tag"
+    loaded: int = 0  # tensors loaded into the model (strictly: all of its state)
+    in_file: int = 0  # tensors anywhere in the file (weights, heads, momentum copies, optimizer state)
+    ignored: list[str] = field(default_factory=list)  # what was deliberately left out, e.g. "encoder_k.* (320 tensors)"
+
+
+class Teacher(nn.Module):
+    """A frozen timm backbone that normalises and sizes its own input and returns `Embeddings`.
+
+    Input: images in [0, 1], float [B, 3, H, W], not normalised. The teacher applies its own mean/std
+    (the student applies its own too: each network sees the normalisation it was trained with).
+
+    Resolution: `input_size` is the side the checkpoint was trained at, when the file says it (None
+    otherwise); it is recorded, never enforced. `image_size` is the side the backbone sees: None means
+    whatever it is given (the data's resolution, which the student always sees); an int (config key
+    `teacher.image_size`) makes the teacher resize every batch to image_size x image_size on the fly
+    (bilinear, antialiased) before its backbone, e.g. `teacher.image_size=224` for an ImageNet teacher
+    distilled on 96 px STL-10 images. ViT teachers at a side other than their `input_size` need their
+    position embeddings resampled; that is the layout's job (`Converted.adapt` / `model_kwargs`).
+
+    Output: `Embeddings(feat=f, emb=f, logits=l)`, f the pooled pre-logits backbone feature
+    [B, embed_dim], computed without autograd. `l` is the classifier's output when the checkpoint is a
+    supervised classifier whose head was kept (`has_logits`), else None; SSL heads are projectors and
+    are never kept. Every parameter has `requires_grad=False`, and the module stays in eval mode
+    whatever `.train()` is called with, on it or on a parent.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        arch: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: int | None = None,
+        image_size: int | None = None,
+        has_logits: bool = False,
+        format: str = "unknown",
+        meta: Mapping[str, Any] | None = None,
+        source: str = "",
+        info: LoadInfo | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.arch = arch
+        self.embed_dim: int = int(backbone.num_features)
+        self.input_size = input_size
+        self.image_size = image_size
+        self.has_logits = has_logits
+        self.format = format
+        self.meta = dict(meta or {})
+        self.source = source
+        self.info = info or LoadInfo()
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> Teacher:
+        """Always eval mode: a frozen teacher's BatchNorm statistics and dropout never change."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Embeddings:
+        if not x.is_floating_point():
+            raise TypeError(f"Teacher expects float images in [0, 1], got dtype {x.dtype}")
+        x = (self.resize(x) - self.mean) / self.std
+        if not self.has_logits:
+            feat = self.backbone(x)
+            return Embeddings(feat=feat, emb=feat, logits=None)
+        feat = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        return Embeddings(feat=feat, emb=feat, logits=self.backbone.get_classifier()(feat))
+
+    def resize(self, x: Tensor) -> Tensor:
+        """`x` at image_size x image_size (bilinear, antialiased), or unchanged when no size is set."""
+        size = self.image_size
+        if size is None or tuple(x.shape[-2:]) == (size, size):
+            return x
+        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+    def extra_repr(self) -> str:
+        logits = ", has_logits=True" if self.has_logits else ""
+        return f"arch={self.arch}, format={self.format}, embed_dim={self.embed_dim}{logits}, source={self.source!r}"
+
+
+def note_resolution(teacher: Teacher) -> Teacher:
+    """Log one line when the teacher will see images at a side other than the one it was trained at."""
+    trained, seen = teacher.input_size, teacher.image_size
+    if trained and seen and trained != seen:
+        logging.getLogger("ssl_kd").warning(
+            "teacher %s was trained at %d px but will see %d px images; set teacher.image_size=%d to resize its "
+            "input (the student keeps the data's resolution)", teacher.source, trained, seen, trained,
+        )
+    return teacher
