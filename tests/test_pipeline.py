@@ -113,7 +113,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], phras
         (tmp_path / "images" / label).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (8, 8), (80 * i, 0, 0)).save(tmp_path / "images" / label / f"{i}.png")
-    torch.save(timm.create_model("resnet10t", num_classes=0).state_dict(), tmp_path / "t.pth")
+    backbone = timm.create_model("resnet10t", num_classes=0).state_dict()
+    backbone.pop("layer4.0.conv2.weight")  # a damaged backbone: no stock architecture fits its shapes
+    torch.save(backbone, tmp_path / "t.pth")
     result = run_pipeline(*args, "--out", "run", *TINY, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()

@@ -79,7 +79,7 @@ def test_inspect_moco_v2(files: dict[str, Path], capsys: pytest.CaptureFixture) 
 def test_inspect_plain_file_with_flag(files: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     status, out, _ = run_in_process(["inspect", str(files["plain"]), "--teacher-arch", "resnet10t"], capsys)
     assert status == 0
-    assert "format:     timm" in out and "(from --teacher-arch)" in out and "ignored:    nothing" in out
+    assert "format:     timm" in out and "resnet10t (inferred" in out and "ignored:    nothing" in out
 
 
 @pytest.mark.parametrize(
@@ -90,9 +90,9 @@ def test_inspect_plain_file_with_flag(files: dict[str, Path], capsys: pytest.Cap
         ("missing", ["--teacher-arch", "resnet10t"], "1 missing keys (layer4.0.conv2.weight)"),
         ("extra", ["--teacher-arch", "resnet10t"], "1 unexpected keys (adapter.weight)"),
         ("shape", ["--teacher-arch", "resnet10t"], "shape mismatch at conv1.0.weight"),
-        ("plain", ["--teacher-arch", "resnet18"], "does not fit timm resnet18"),
+        ("plain", ["--teacher-arch", "resnet18"], "shapes say resnet10t but --teacher-arch is resnet18"),
         ("moco", ["--teacher-arch", "resnet50"], "says its arch is resnet10t but --teacher-arch is resnet50"),
-        ("plain", [], "does not say its architecture; pass --teacher-arch"),
+        ("missing", [], "does not say its architecture; pass --teacher-arch"),
         ("plain", ["--teacher-format", "simclr-v9"], "unknown teacher format 'simclr-v9'"),
         ("foreign", [], f"pickles {__name__}.PickledConfig, which safe loading refuses"),
     ],

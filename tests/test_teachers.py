@@ -190,8 +190,7 @@ def test_timm_state_dict_with_classifier(tmp_path: Path, wrap: str) -> None:
     x = _images()
     assert torch.equal(teacher(x).feat, _expected(model, x))
 
-    with pytest.raises(UserError, match="does not say its architecture; pass --teacher-arch NAME"):
-        load_teacher(tmp_path / "c.pth")
+    assert load_teacher(tmp_path / "c.pth").arch == "resnet10t"  # inferred from the shapes
 
 
 def test_timm_vit_head_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -270,10 +269,17 @@ def test_error_text_file(tmp_path: Path, text: str) -> None:
         load_teacher(path)
 
 
-def test_error_wrong_arch_names_missing_keys(r18_file: Path) -> None:
-    message = r"does not fit timm resnet34: \d+ missing keys \(layer1\.2\..*wrong --teacher-arch\?"
-    with pytest.raises(UserError, match=message):
+def test_error_wrong_arch_names_both(r18_file: Path) -> None:
+    with pytest.raises(UserError, match="its weights' shapes say resnet18 but --teacher-arch is resnet34"):
         load_teacher(r18_file, arch="resnet34")
+
+
+def test_error_missing_keys(tmp_path: Path) -> None:
+    state = {k: v for k, v in _reference().state_dict().items() if not k.startswith("layer4.")}
+    torch.save(state, tmp_path / "cut.pth")
+    message = r"does not fit timm resnet18: \d+ missing keys \(layer4\.0\..*wrong --teacher-arch\?"
+    with pytest.raises(UserError, match=message):
+        load_teacher(tmp_path / "cut.pth", arch="resnet18")
 
 
 def test_error_arch_disagreement(tmp_path: Path) -> None:
@@ -292,11 +298,11 @@ def test_moco_without_arch_field_infers_it_from_shapes(tmp_path: Path) -> None:
 
 def test_error_shape_mismatch(tmp_path: Path) -> None:
     state = _reference().state_dict()
-    state["conv1.weight"] = torch.randn(64, 3, 3, 3)  # a CIFAR stem
-    torch.save(state, tmp_path / "cifar.pth")
-    message = r"shape mismatch at conv1.weight: checkpoint \[64, 3, 3, 3\] vs model \[64, 3, 7, 7\]"
+    state["layer1.0.bn1.weight"] = torch.ones(32)
+    torch.save(state, tmp_path / "odd.pth")
+    message = r"shape mismatch at layer1\.0\.bn1\.weight: checkpoint \[32\] vs model \[64\]"
     with pytest.raises(UserError, match=message):
-        load_teacher(tmp_path / "cifar.pth", arch="resnet18")
+        load_teacher(tmp_path / "odd.pth", arch="resnet18")
 
 
 def test_error_unknown_arch(r18_file: Path) -> None:
@@ -315,7 +321,26 @@ def test_error_unknown_format(tmp_path: Path) -> None:
 
 
 def test_error_messages_are_one_line(r18_file: Path) -> None:
-    for arch in ("resnet34", "resnet_18", None):
+    for arch in ("resnet34", "resnet_18"):
         with pytest.raises(UserError) as info:
             load_teacher(r18_file, arch=arch)
         assert "\n" not in str(info.value)
+
+
+def test_resaved_teacher_keeps_model_kwargs_and_stem_surgery(tmp_path: Path) -> None:
+    """A loaded teacher written again with save_teacher comes back identical: timm kwargs (a ViT at
+    32 px) and the CIFAR-stem rebuild both travel in the ssl_kd file."""
+    from ssl_kd.teachers.layouts.resnet_arch import small_stem
+
+    vit = timm.create_model("vit_small_patch16_224", num_classes=0, img_size=32)
+    cifar = timm.create_model("resnet18", num_classes=0)
+    small_stem(cifar, padding=1)
+    x = torch.rand(2, 3, 32, 32)
+    for name, model in (("vit", vit), ("cifar", cifar)):
+        torch.save(model.state_dict(), tmp_path / f"{name}.pth")
+        first = load_teacher(tmp_path / f"{name}.pth")
+        save_teacher(tmp_path / f"{name}_again.pth", first.backbone, first.arch, mean=[0.5] * 3, std=[0.5] * 3,
+                     input_size=32, meta=first.meta, model_kwargs=first.model_kwargs, half=False)
+        again = load_teacher(tmp_path / f"{name}_again.pth")
+        assert again.model_kwargs == first.model_kwargs
+        assert torch.equal(again.backbone(x), model.eval()(x))

@@ -104,6 +104,7 @@ def load_teacher(
         meta=converted.meta,
         source=source,
         info=info,
+        model_kwargs=converted.model_kwargs,
     ))
 
 
@@ -183,21 +184,27 @@ def save_teacher(
     input_size: int | None,
     meta: Mapping[str, Any] | None = None,
     half: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an `ssl_kd` teacher file atomically; `load_teacher` reads it back with no other argument.
 
     `backbone` is the timm model built with `num_classes=0` (or its state dict). With `half`, its
     floating tensors are stored as fp16 to halve the file; integer buffers stay integer.
+    `model_kwargs` (plain values, e.g. a loaded teacher's `teacher.model_kwargs`) are stored and passed
+    to `timm.create_model` on load.
     """
     check_timm_arch(arch)
     state_dict = backbone.state_dict() if isinstance(backbone, nn.Module) else dict(backbone)
-    record = pack_ssl_kd(state_dict, arch, mean=mean, std=std, input_size=input_size, meta=meta, half=half)
+    record = pack_ssl_kd(state_dict, arch, mean=mean, std=std, input_size=input_size, meta=meta, half=half,
+                         model_kwargs=model_kwargs)
     return save_atomic(record, path)
 
 
 def resolve_arch(own: str | None, given: str | None, source: str, inferred: str | None = None) -> str:
     """The timm name to build: the file's own `arch`, else the one inferred from its shapes, else the
     caller's (`--teacher-arch`). Any two that disagree are an error naming both."""
+    if given:
+        check_timm_arch(given)  # a typo in the flag is the clearest error of all
     named = [(f"{source} says its arch is", own), ("its weights' shapes say", inferred), ("--teacher-arch is", given)]
     named = [(what, arch) for what, arch in named if arch]
     if not named:

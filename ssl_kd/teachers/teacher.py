@@ -58,9 +58,11 @@ class Teacher(nn.Module):
         meta: Mapping[str, Any] | None = None,
         source: str = "",
         info: LoadInfo | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.model_kwargs = dict(model_kwargs or {})  # extra timm.create_model kwargs, kept when re-saved
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.arch = arch

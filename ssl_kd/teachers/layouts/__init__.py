@@ -1,3 +1,16 @@
 """Checkpoint layouts, one family a file; importing this package registers them all (see ../formats.py)."""
 
-from . import byol, dino, dinov2, lightning, mae, moco, mocov3, native, plain, resnet_arch, simclr, vit_arch  # noqa: F401
+from . import (  # noqa: F401
+    byol,
+    dino,
+    dinov2,
+    lightning,
+    mae,
+    moco,
+    mocov3,
+    native,
+    plain,
+    resnet_arch,
+    simclr,
+    vit_arch,
+)

@@ -19,7 +19,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..formats import Converted, StateDict, inner_state_dict, register_layout, strip_wrapper_prefixes
+from ..formats import (
+    Converted,
+    StateDict,
+    inner_state_dict,
+    register_layout,
+    strip_wrapper_prefixes,
+)
 from .dino import (
     args_arch,
     backbone_converted,

@@ -25,7 +25,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..formats import Converted, group_keys, inner_state_dict, register_layout, unused_top_level
+from ..formats import (
+    Converted,
+    group_keys,
+    inner_state_dict,
+    register_layout,
+    unused_top_level,
+)
 from .resnet_arch import from_sequential, resnet_converted, split_prefix
 
 _LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "optimizer_states", "lr_schedulers")

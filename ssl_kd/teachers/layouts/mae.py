@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..formats import Converted, group_keys, inner_state_dict, register_layout, unused_top_level
+from ..formats import (
+    Converted,
+    group_keys,
+    inner_state_dict,
+    register_layout,
+    unused_top_level,
+)
 from .dino import backbone_converted, epochs_meta, file_args
 from .vit_arch import official_vit_name, read_vit
 

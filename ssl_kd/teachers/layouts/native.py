@@ -14,6 +14,7 @@ from ..formats import (
     is_state_dict,
     register_layout,
 )
+from .resnet_arch import resnet_converted
 
 SSL_KD_KEY = "ssl_kd_teacher"
 SSL_KD_VERSION = 1
@@ -30,6 +31,7 @@ def pack_ssl_kd(
     input_size: int | None,
     meta: Mapping[str, Any] | None,
     half: bool,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The `ssl_kd` teacher record. With `half`, floating tensors are stored as fp16 (unless out of range)."""
     tensors = {key: _storable(value, half) for key, value in state_dict.items()}
@@ -41,6 +43,7 @@ def pack_ssl_kd(
         "std": list(_triple(std, "std")),
         "input_size": None if input_size is None else int(input_size),
         "meta": _plain(dict(meta or {})),
+        "model_kwargs": _plain(dict(model_kwargs or {})),
     }
 
 
@@ -88,14 +91,19 @@ def _convert_ssl_kd(obj: Mapping[str, Any]) -> Converted:
         )
     if arch_field(obj) is None or not is_state_dict(obj.get("state_dict")):
         raise UserError("ssl_kd teacher file lacks a valid 'arch' or 'state_dict'; it is damaged, re-export the teacher")
-    size, meta = obj.get("input_size"), obj.get("meta")
-    return Converted(
-        state_dict=dict(obj["state_dict"]),
+    size = obj.get("input_size")
+    meta = dict(obj["meta"]) if isinstance(obj.get("meta"), Mapping) else {}
+    kwargs = obj.get("model_kwargs")
+    # a re-saved CIFAR-stem or wide-stem ResNet is rebuilt by the same recipe that first loaded it
+    return resnet_converted(
+        dict(obj["state_dict"]),
+        small_stem_padding=int(meta.get("small_stem_padding", 1)),
         arch=obj["arch"],
         mean=_triple(obj.get("mean"), "mean"),
         std=_triple(obj.get("std"), "std"),
         input_size=int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) else None,
-        meta=dict(meta) if isinstance(meta, Mapping) else {},
+        meta=meta,
+        model_kwargs=dict(kwargs) if isinstance(kwargs, Mapping) else {},
     )
 
 

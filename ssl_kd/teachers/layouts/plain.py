@@ -17,6 +17,7 @@ from ..formats import (
     register_layout,
     unused_top_level,
 )
+from .resnet_arch import resnet_converted
 
 _EMA_KEYS = ("state_dict_ema", "model_ema")
 _TIMM_KEYS = (*_EMA_KEYS, "state_dict", "model")
@@ -38,4 +39,4 @@ def _convert_timm(obj: Any) -> Converted:
         ignored = [f"{name} (the non-EMA weights; {key} was loaded, as timm does)" if name in _TIMM_KEYS else name
                    for name in ignored]
         meta["weights"] = key
-    return Converted(state_dict=state_dict or {}, arch=arch_field(obj), ignored=ignored, meta=meta)
+    return resnet_converted(state_dict or {}, arch=arch_field(obj), ignored=ignored, meta=meta)

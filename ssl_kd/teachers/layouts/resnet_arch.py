@@ -262,7 +262,8 @@ def resnet_converted(state_dict: StateDict, *, small_stem_padding: int = 1, **fi
         meta["small_stem_padding"] = small[0].padding
         fields["input_size"] = fields.get("input_size") or 32
     return Converted(
-        state_dict=state_dict, inferred_arch=recipe.arch, model_kwargs=dict(recipe.model_kwargs), meta=meta,
+        state_dict=state_dict, inferred_arch=recipe.arch, meta=meta,
+        model_kwargs={**recipe.model_kwargs, **(fields.pop("model_kwargs", None) or {})},
         adapt=_surgery_adapt(recipe.surgeries) if recipe.surgeries else None, **fields,
     )
 

@@ -28,7 +28,13 @@ import re
 from typing import Any, Mapping
 
 from ...errors import UserError
-from ..formats import Converted, group_keys, is_state_dict, register_layout, unused_top_level
+from ..formats import (
+    Converted,
+    group_keys,
+    is_state_dict,
+    register_layout,
+    unused_top_level,
+)
 from .resnet_arch import resnet_converted, split_prefix
 
 NO_NORMALISATION = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
