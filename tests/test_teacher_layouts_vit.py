@@ -166,15 +166,16 @@ def test_ibot_training_checkpoint(tmp_path, masked_in_teacher: bool) -> None:
     assert (note in _converted(path).ignored) == masked_in_teacher
 
 
-@pytest.mark.parametrize("arch, size", [("vit_small_patch16_224", 224), ("vit_small_patch8_224", 64)])
+@pytest.mark.parametrize("arch, size", [("vit_small_patch16_224", 224), ("vit_small_patch8_224", 64),
+                                        ("vit_base_patch16_224", 32), ("vit_base_patch8_224", 32)])
 def test_released_vit_backbone_arch_from_shapes(tmp_path, arch: str, size: int) -> None:
-    """DINO's dino_vit{small,base}{16,8}_pretrain.pth: bare backbone (224 px; S/8 at 64 px for speed),
-    no arch anywhere. ViT-B/16 and B/8 take the same path; their inference is checked on meta below."""
+    """DINO's dino_vit{small,base}{16,8}_pretrain.pth: bare backbone, no arch anywhere (S/16 at 224 px;
+    the others at small sides for speed). ViT-L/g: inference and conversion on meta, below."""
     torch.save((model := _vit(arch, img_size=size)).state_dict(), tmp_path / "dino.pth")
     teacher = _check(tmp_path / "dino.pth", model, size, n=1)
     assert (teacher.format, teacher.arch, teacher.input_size) == ("vit_backbone", arch, size)
     out = teacher(torch.rand(2, 3, size // 2, size // 2)).feat  # any multiple of the patch (dynamic_img_size)
-    assert out.shape == (2, 384) and torch.isfinite(out).all()
+    assert out.shape == (2, model.num_features) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("layout", ["mocov3", "dino", "released dino"])
