@@ -60,6 +60,73 @@ class StudentConfig:
 
 
 @dataclass
+class KDConfig:  # Hinton et al. 2015 (RepDistiller CIFAR defaults)
+    temperature: float = 4.0
+    weight: float = 1.0
+
+
+@dataclass
+class CKDConfig:  # Zhu et al. 2024, ZhouXinzzzzz/CKD (ImageNet: w_cl 10, tau 1)
+    temperature: float = 1.0
+    weight: float = 10.0
+
+
+@dataclass
+class DISTConfig:  # Huang et al. 2022 (ImageNet: tau 1, beta = gamma = 2 after the kd weight)
+    temperature: float = 1.0
+    beta: float = 2.0  # inter-class relation (per sample)
+    gamma: float = 2.0  # intra-class relation (per class)
+
+
+@dataclass
+class STKDConfig:  # Zhao et al. 2021 (no official code: research/methods.md s.4 reconstruction)
+    temperature: float = 4.0
+    mixup_alpha: float = 1.0
+    weight: float = 1.0
+
+
+@dataclass
+class SEEDConfig:  # Fang et al. 2021, jacobswan1/SEED
+    student_temperature: float = 0.2
+    teacher_temperature: float = 1e-4
+    weight: float = 1.0
+
+
+@dataclass
+class CompRessConfig:  # Abbasi Koohpayegani et al. 2020, UMBCvision/CompRess
+    temperature: float = 0.04
+    queues: int = 1  # 1: one bank of teacher anchors; 2: teacher bank + momentum-student bank
+    momentum: float = 0.999  # EMA of the momentum student (2q)
+    weight: float = 1.0
+
+
+@dataclass
+class CRDConfig:  # Tian et al. 2020, HobbitLong/RepDistiller
+    temperature: float = 0.07
+    embed_dim: int = 128
+    negatives: int = 4096  # 16384 in the paper (ImageNet-sized banks)
+    momentum: float = 0.5  # memory-bank update
+    weight: float = 0.8
+
+
+@dataclass
+class RKDConfig:  # Park et al. 2019 (RepDistiller weights)
+    distance_weight: float = 25.0
+    angle_weight: float = 50.0
+
+
+@dataclass
+class SPConfig:  # Tung & Mori 2019
+    weight: float = 3000.0
+
+
+@dataclass
+class FitNetConfig:  # Romero et al. 2015 (RepDistiller: hint at the middle stage, weight 100)
+    weight: float = 100.0
+    hint_stage: int = 2  # index of the backbone stage whose feature map is the hint
+
+
+@dataclass
 class LossConfig:
     method: str = "dlkd"
     # DLKD (ifding/DLKD; research/methods.md section 1): total = d*align + a*corr + b*contrast
@@ -68,7 +135,19 @@ class LossConfig:
     contrast_weight: float = 0.5  # b
     corr_temperature: float = 0.5  # tau_c
     contrast_temperature: float = 0.07  # tau
-    queue_size: int = 4096  # momentum queue of teacher embeddings (negatives)
+    queue_size: int = 4096  # momentum queue of teacher embeddings (negatives; anchors of pseudo-logits)
+    # logit methods with label-free teachers: logits = cos(embedding, queue anchors) / pseudo_logit_temperature
+    pseudo_logit_temperature: float = 0.1
+    kd: KDConfig = field(default_factory=KDConfig)
+    ckd: CKDConfig = field(default_factory=CKDConfig)
+    dist: DISTConfig = field(default_factory=DISTConfig)
+    stkd: STKDConfig = field(default_factory=STKDConfig)
+    seed: SEEDConfig = field(default_factory=SEEDConfig)
+    compress: CompRessConfig = field(default_factory=CompRessConfig)
+    crd: CRDConfig = field(default_factory=CRDConfig)
+    rkd: RKDConfig = field(default_factory=RKDConfig)
+    sp: SPConfig = field(default_factory=SPConfig)
+    fitnet: FitNetConfig = field(default_factory=FitNetConfig)
 
 
 @dataclass

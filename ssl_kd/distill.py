@@ -19,6 +19,7 @@ from .config import Config, to_dict
 from .data import build_dataset, make_loader, views_transform
 from .errors import UserError
 from .losses import build_method
+from .losses.base import StepContext
 from .loop import FitResult, fit, resolve_device
 from .queue import MomentumQueue
 from .students import Student
@@ -35,29 +36,34 @@ class DistillObjective(nn.Module):
         if queue is not None:
             parts["queue"] = queue
         self.trainable = nn.ModuleDict(parts)
-        self._to_enqueue: torch.Tensor | None = None
+        self._step: tuple | None = None
 
     @property
     def student(self) -> Student:
         return self.trainable["student"]
 
-    def forward(self, views: list[torch.Tensor]) -> dict:
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict:
+        method = self.trainable["method"]
+        views = method.batch_transform(views)
         images = torch.cat(views)
         with torch.no_grad():
             teacher_out = self.teacher(images)
         student_out = self.student(images)
-        method = self.trainable["method"]
+        ctx = StepContext(num_views=len(views), index=index)
         queue = self.trainable["queue"].get() if "queue" in self.trainable else None
-        out = method(student_out, teacher_out, queue, len(views))
-        if queue is not None:
-            self._to_enqueue = method.queue_items(teacher_out).detach()
+        out = method(student_out, teacher_out, queue, ctx)
+        self._step = (student_out, teacher_out, ctx)
         return out
 
     def after_step(self) -> None:
-        """Enqueue after the optimizer step: the queue's rows took part in this step's graph."""
-        if self._to_enqueue is not None:
-            self.trainable["queue"].enqueue(self._to_enqueue)
-            self._to_enqueue = None
+        """After the optimizer step: enqueue (the queue's rows took part in this step's graph) and let
+        the method update its own state."""
+        student_out, teacher_out, ctx = self._step
+        method = self.trainable["method"]
+        if "queue" in self.trainable:
+            self.trainable["queue"].enqueue(method.queue_items(teacher_out).detach())
+        method.after_step(student_out, teacher_out, ctx)
+        self._step = None
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The one training loop, for every objective (distillation methods and SSL pretraining alike).
 
 An objective is an `nn.Module` with
-    forward(views: list[Tensor]) -> dict   ("loss" plus named parts, all logged)
+    forward(views: list[Tensor], index: Tensor) -> dict   ("loss" plus named parts, all logged;
+                                           index = the images' dataset indices)
     after_step() -> None                   (e.g. enqueue this step's teacher embeddings)
     trainable: nn.ModuleDict               (what is optimized and checkpointed; a frozen teacher is not)
 
@@ -115,12 +116,12 @@ def _run_epoch(objective, loader, optimizer, scaler, schedule, autocast, cfg, ep
     totals: dict[str, float] = {}
     start = time.time()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (sys.stderr.isatty() and is_main_process()))
-    for i, (views, _labels, _index) in enumerate(bar):
+    for i, (views, _labels, index) in enumerate(bar):
         for group in optimizer.param_groups:
             group["lr"] = float(schedule[step])
         views = [v.to(device, non_blocking=True) for v in (views if isinstance(views, (list, tuple)) else [views])]
         with autocast:
-            out = objective(views)
+            out = objective(views, index.to(device))
         loss = out["loss"]
         if not torch.isfinite(loss):
             last = checkpoint_path if checkpoint_path.exists() else "none yet"

@@ -24,7 +24,7 @@ class SimCLRObjective(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, views: list[torch.Tensor]) -> dict:
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict:
         x = (torch.cat(views) - self.mean) / self.std
         z = self.trainable["head"](self.trainable["backbone"](x)).float()
         z0, z1 = z.chunk(2)

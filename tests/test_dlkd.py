@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ssl_kd.config import LossConfig
 from ssl_kd.embeddings import Embeddings
 from ssl_kd.errors import UserError
+from ssl_kd.losses.base import StepContext
 from ssl_kd.losses import DLKD, build_method
 from ssl_kd.losses.dlkd import alignment_loss, correlation_loss, queue_contrast_loss
 
@@ -203,7 +204,7 @@ def test_total_is_the_weighted_sum_of_the_parts():
     method = DLKD(6, align_weight=3.0, corr_weight=5.0, contrast_weight=7.0, corr_temperature=0.4, contrast_temperature=0.1)
     student, teacher = _embeddings(gen)
     queue = F.normalize(torch.randn(10, 5, generator=gen), dim=1)
-    out = method(student, teacher, queue, 2)
+    out = method(student, teacher, queue, StepContext(num_views=2))
 
     align = alignment_loss(student.emb, teacher.emb)
     corr = correlation_loss(method.corr_head(student.feat), teacher.feat, 2, 0.4)
@@ -226,10 +227,10 @@ def test_a_zero_weight_removes_its_term(off):
     method = DLKD(6, align_weight=weights["align"], corr_weight=weights["corr"], contrast_weight=weights["contrast"])
     student, teacher = _embeddings(gen)
     queue = F.normalize(torch.randn(10, 5, generator=gen), dim=1)
-    out = method(student, teacher, queue, 2)
-    assert out[off].item() > 0  # the part is still reported ...
+    out = method(student, teacher, queue, StepContext(num_views=2))
+    assert off not in out  # the part is not even computed ...
     expected = sum(weights[name] * out[name].item() for name in weights if name != off)
-    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)  # ... but not counted
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6)  # ... and the rest add up
     out["loss"].backward()
     if off == "corr":  # the correlation head then learns nothing
         assert all(p.grad is None or not p.grad.any() for p in method.corr_head.parameters())
@@ -241,7 +242,7 @@ def test_gradients_reach_the_student_and_the_head_never_the_teacher():
     method = DLKD(6)
     student, teacher = _embeddings(gen, requires_grad=True)
     queue = F.normalize(torch.randn(10, 5, generator=gen), dim=1).requires_grad_()
-    method(student, teacher, queue, 2)["loss"].backward()
+    method(student, teacher, queue, StepContext(num_views=2))["loss"].backward()
     assert student.feat.grad is not None and student.feat.grad.abs().sum() > 0
     assert student.emb.grad is not None and student.emb.grad.abs().sum() > 0
     for p in method.corr_head.parameters():

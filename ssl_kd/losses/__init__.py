@@ -1,18 +1,32 @@
-"""Distillation methods, looked up by name (`--method NAME`, `loss.method`)."""
+"""Distillation methods, looked up by name (`--method NAME`, `loss.method`).
+
+Each method file registers its builders with `@register_method("name")`; importing this package
+imports every module in it, so a new method is one new file. A builder takes
+`(cfg: LossConfig, student_dim: int, teacher_dim: int)` and returns a `DistillMethod`.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Callable
 
 from ..config import LossConfig
 from ..errors import UserError
-from .base import DistillMethod
-from .dlkd import DLKD
+from .base import DistillMethod, StepContext
 
-# name -> builder(cfg, student_feat_dim, teacher_dim) -> DistillMethod
-METHODS: dict[str, Callable[[LossConfig, int, int], DistillMethod]] = {
-    "dlkd": DLKD.from_config,
-}
+Builder = Callable[[LossConfig, int, int], DistillMethod]
+METHODS: dict[str, Builder] = {}
+
+
+def register_method(name: str) -> Callable[[Builder], Builder]:
+    def add(builder: Builder) -> Builder:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        METHODS[name] = builder
+        return builder
+
+    return add
 
 
 def build_method(cfg: LossConfig, student_dim: int, teacher_dim: int) -> DistillMethod:
@@ -21,4 +35,10 @@ def build_method(cfg: LossConfig, student_dim: int, teacher_dim: int) -> Distill
     return METHODS[cfg.method](cfg, student_dim, teacher_dim)
 
 
-__all__ = ["METHODS", "DistillMethod", "build_method", "DLKD"]
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base",):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+from .dlkd import DLKD  # noqa: E402
+
+__all__ = ["METHODS", "DLKD", "DistillMethod", "StepContext", "build_method", "register_method"]

@@ -2,16 +2,26 @@
 
 A method is an `nn.Module` (it may own trainable heads; the loop optimizes them with the student):
 
-    forward(student: Embeddings, teacher: Embeddings, queue: Tensor | None, num_views: int) -> dict
+    forward(student: Embeddings, teacher: Embeddings, queue: Tensor | None, ctx: StepContext) -> dict
 
 `student` and `teacher` hold the same images, the views stacked view-major: rows
 `[v * B:(v + 1) * B]` are view `v` of the batch's B images. `queue` is the momentum queue's
 L2-normalized teacher embeddings ([K, D], no gradient) when the method sets `needs_queue`. The
 result maps "loss" (the weighted total, a scalar) and every named part to tensors; the loop logs
-them all. `enqueue(teacher)` says what goes into the queue after the step.
+them all.
+
+Hooks a method may override (the defaults do nothing):
+- `batch_transform(views)`: change the batch before both networks see it (STKD's mixup);
+- `queue_items(teacher)`: what this step adds to the momentum queue (the teacher's embeddings);
+- `after_step(student, teacher, ctx)`: update the method's own state after the optimizer step
+  (memory banks, a momentum copy of the student).
+Declared needs: `needs_queue` (the momentum queue of teacher embeddings), `needs_logits` (a
+supervised teacher's real logits).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,16 +29,30 @@ from torch import nn
 from ..embeddings import Embeddings
 
 
+@dataclass
+class StepContext:
+    """What a method may know about the step besides the embeddings."""
+
+    num_views: int  # views per image, stacked view-major
+    index: torch.Tensor | None = None  # dataset indices of the batch's B images, [B]
+
+
 class DistillMethod(nn.Module):
     needs_queue: bool = False
     needs_logits: bool = False
 
-    def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, num_views: int) -> dict:
+    def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
+
+    def batch_transform(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        return views
 
     def queue_items(self, teacher: Embeddings) -> torch.Tensor:
         """What this step adds to the momentum queue: the teacher's embeddings by default."""
         return teacher.emb
+
+    def after_step(self, student: Embeddings, teacher: Embeddings, ctx: StepContext) -> None:
+        pass
 
 
 def split_views(x: torch.Tensor, num_views: int) -> torch.Tensor:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from ..config import LossConfig
 from ..embeddings import Embeddings
 from ..students import mlp_head
-from .base import DistillMethod, split_views
+from . import register_method
+from .base import DistillMethod, StepContext, split_views
 
 
 def alignment_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
@@ -87,21 +88,35 @@ class DLKD(DistillMethod):
         self.corr_head = mlp_head(student_dim, student_dim, student_dim)  # h_C
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, student_dim: int, teacher_dim: int) -> "DLKD":
-        return cls(
-            student_dim,
-            align_weight=cfg.align_weight,
-            corr_weight=cfg.corr_weight,
-            contrast_weight=cfg.contrast_weight,
-            corr_temperature=cfg.corr_temperature,
-            contrast_temperature=cfg.contrast_temperature,
-        )
+    def from_config(cls, cfg: LossConfig, student_dim: int, teacher_dim: int, **weights: float) -> "DLKD":
+        """The method from the config; `weights` override align/corr/contrast weights (ablations)."""
+        options = dict(align_weight=cfg.align_weight, corr_weight=cfg.corr_weight, contrast_weight=cfg.contrast_weight)
+        options.update(weights)
+        return cls(student_dim, corr_temperature=cfg.corr_temperature, contrast_temperature=cfg.contrast_temperature, **options)
 
-    def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, num_views: int) -> dict:
-        parts = {
-            "align": alignment_loss(student.emb, teacher.emb),
-            "corr": correlation_loss(self.corr_head(student.feat), teacher.feat, num_views, self.corr_temperature),
-            "contrast": queue_contrast_loss(student.emb, teacher.emb, queue, self.contrast_temperature),
+    def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
+        terms = {
+            "align": (self.align_weight, lambda: alignment_loss(student.emb, teacher.emb)),
+            "corr": (self.corr_weight, lambda: correlation_loss(self.corr_head(student.feat), teacher.feat, ctx.num_views, self.corr_temperature)),
+            "contrast": (self.contrast_weight, lambda: queue_contrast_loss(student.emb, teacher.emb, queue, self.contrast_temperature)),
         }
-        total = self.align_weight * parts["align"] + self.corr_weight * parts["corr"] + self.contrast_weight * parts["contrast"]
+        parts = {name: term() for name, (weight, term) in terms.items() if weight != 0}  # a 0 weight is an ablation
+        total = sum(terms[name][0] * value for name, value in parts.items())
         return {"loss": total, **{name: value.detach() for name, value in parts.items()}}
+
+
+@register_method("dlkd")
+def _dlkd(cfg: LossConfig, student_dim: int, teacher_dim: int) -> DLKD:
+    return DLKD.from_config(cfg, student_dim, teacher_dim)
+
+
+@register_method("dlkd_align")
+def _dlkd_align_only(cfg: LossConfig, student_dim: int, teacher_dim: int) -> DLKD:
+    """Ablation: the alignment term alone."""
+    return DLKD.from_config(cfg, student_dim, teacher_dim, corr_weight=0.0, contrast_weight=0.0)
+
+
+@register_method("dlkd_corr")
+def _dlkd_corr_only(cfg: LossConfig, student_dim: int, teacher_dim: int) -> DLKD:
+    """Ablation: the correlation term alone."""
+    return DLKD.from_config(cfg, student_dim, teacher_dim, align_weight=0.0, contrast_weight=0.0)
