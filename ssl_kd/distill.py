@@ -19,7 +19,7 @@ from .config import Config, to_dict
 from .data import build_dataset, make_loader, views_transform
 from .errors import UserError
 from .losses import build_method
-from .losses.base import StepContext
+from .losses.base import MethodDims, StepContext
 from .loop import FitResult, fit, resolve_device
 from .queue import MomentumQueue
 from .students import Student
@@ -36,6 +36,7 @@ class DistillObjective(nn.Module):
         if queue is not None:
             parts["queue"] = queue
         self.trainable = nn.ModuleDict(parts)
+        method.bind_student(student)
         self._step: tuple | None = None
 
     @property
@@ -49,7 +50,7 @@ class DistillObjective(nn.Module):
         with torch.no_grad():
             teacher_out = self.teacher(images)
         student_out = self.student(images)
-        ctx = StepContext(num_views=len(views), index=index)
+        ctx = StepContext(num_views=len(views), index=index, images=images)
         queue = self.trainable["queue"].get() if "queue" in self.trainable else None
         out = method(student_out, teacher_out, queue, ctx)
         self._step = (student_out, teacher_out, ctx)
@@ -84,7 +85,9 @@ def distill(cfg: Config, teacher: Teacher, run_dir: Path) -> DistillResult:
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
     loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     student = build_student(cfg, teacher)
-    method = build_method(cfg.loss, student.feat_dim, teacher.embed_dim)
+    num_classes = getattr(teacher.backbone, "num_classes", 0) if getattr(teacher, "has_logits", False) else 0
+    dims = MethodDims(student_dim=student.feat_dim, teacher_dim=teacher.embed_dim, num_samples=len(dataset), num_classes=num_classes)
+    method = build_method(cfg.loss, dims)
     queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
     if method.needs_logits and not teacher.has_logits:
         raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")

@@ -11,7 +11,7 @@ from ssl_kd.config import LossConfig
 from ssl_kd.embeddings import Embeddings
 from ssl_kd.errors import UserError
 from ssl_kd.losses.base import StepContext
-from ssl_kd.losses import DLKD, build_method
+from ssl_kd.losses import DLKD, MethodDims, build_method
 from ssl_kd.losses.dlkd import alignment_loss, correlation_loss, queue_contrast_loss
 
 
@@ -253,17 +253,17 @@ def test_gradients_reach_the_student_and_the_head_never_the_teacher():
 
 def test_from_config_and_build_method_use_the_config():
     cfg = LossConfig(align_weight=1.5, corr_weight=2.5, contrast_weight=3.5, corr_temperature=0.3, contrast_temperature=0.2)
-    for method in (DLKD.from_config(cfg, 6, 5), build_method(cfg, 6, 5)):
+    for method in (DLKD.from_config(cfg, MethodDims(6, 5)), build_method(cfg, MethodDims(6, 5))):
         assert isinstance(method, DLKD)
         assert (method.align_weight, method.corr_weight, method.contrast_weight) == (1.5, 2.5, 3.5)
         assert (method.corr_temperature, method.contrast_temperature) == (0.3, 0.2)
         assert method.corr_head[0].in_features == 6 and method.corr_head[-1].out_features == 6
-    defaults = DLKD.from_config(LossConfig(), 6, 5)
+    defaults = DLKD.from_config(LossConfig(), MethodDims(6, 5))
     assert (defaults.align_weight, defaults.corr_weight, defaults.contrast_weight) == (10.0, 20.0, 0.5)
     assert (defaults.corr_temperature, defaults.contrast_temperature) == (0.5, 0.07)
 
 
 def test_build_method_rejects_an_unknown_name():
     with pytest.raises(UserError, match="dlkd") as err:
-        build_method(LossConfig(method="nope"), 6, 5)
+        build_method(LossConfig(method="nope"), MethodDims(6, 5))
     assert "nope" in str(err.value)

@@ -2,7 +2,7 @@
 
 Each method file registers its builders with `@register_method("name")`; importing this package
 imports every module in it, so a new method is one new file. A builder takes
-`(cfg: LossConfig, student_dim: int, teacher_dim: int)` and returns a `DistillMethod`.
+`(cfg: LossConfig, dims: MethodDims)` and returns a `DistillMethod`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Callable
 
 from ..config import LossConfig
 from ..errors import UserError
-from .base import DistillMethod, StepContext
+from .base import DistillMethod, MethodDims, StepContext
 
-Builder = Callable[[LossConfig, int, int], DistillMethod]
+Builder = Callable[[LossConfig, MethodDims], DistillMethod]
 METHODS: dict[str, Builder] = {}
 
 
@@ -29,10 +29,10 @@ def register_method(name: str) -> Callable[[Builder], Builder]:
     return add
 
 
-def build_method(cfg: LossConfig, student_dim: int, teacher_dim: int) -> DistillMethod:
+def build_method(cfg: LossConfig, dims: MethodDims) -> DistillMethod:
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}'; choose one of: {', '.join(sorted(METHODS))} (--method / loss.method)")
-    return METHODS[cfg.method](cfg, student_dim, teacher_dim)
+    return METHODS[cfg.method](cfg, dims)
 
 
 for _module in pkgutil.iter_modules(__path__):
@@ -41,4 +41,4 @@ for _module in pkgutil.iter_modules(__path__):
 
 from .dlkd import DLKD  # noqa: E402
 
-__all__ = ["METHODS", "DLKD", "DistillMethod", "StepContext", "build_method", "register_method"]
+__all__ = ["METHODS", "DLKD", "DistillMethod", "MethodDims", "StepContext", "build_method", "register_method"]

@@ -14,7 +14,9 @@ Hooks a method may override (the defaults do nothing):
 - `batch_transform(views)`: change the batch before both networks see it (STKD's mixup);
 - `queue_items(teacher)`: what this step adds to the momentum queue (the teacher's embeddings);
 - `after_step(student, teacher, ctx)`: update the method's own state after the optimizer step
-  (memory banks, a momentum copy of the student).
+  (memory banks, a momentum copy of the student);
+- `bind_student(student)`: called once with the student module, for methods that keep a momentum
+  copy of it (`ctx.images` then lets them run the copy on the step's batch).
 Declared needs: `needs_queue` (the momentum queue of teacher embeddings), `needs_logits` (a
 supervised teacher's real logits).
 """
@@ -35,6 +37,17 @@ class StepContext:
 
     num_views: int  # views per image, stacked view-major
     index: torch.Tensor | None = None  # dataset indices of the batch's B images, [B]
+    images: torch.Tensor | None = None  # the [V*B, 3, H, W] batch both networks saw (after batch_transform)
+
+
+@dataclass
+class MethodDims:
+    """Sizes a method may need when it is built."""
+
+    student_dim: int  # student backbone feature width (student.feat)
+    teacher_dim: int  # teacher embedding width (teacher.emb; also student.emb, the projector output)
+    num_samples: int = 0  # training-set size (memory banks indexed by image)
+    num_classes: int = 0  # a supervised teacher's classes (0: label-free teacher, pseudo-logits)
 
 
 class DistillMethod(nn.Module):
@@ -52,6 +65,9 @@ class DistillMethod(nn.Module):
         return teacher.emb
 
     def after_step(self, student: Embeddings, teacher: Embeddings, ctx: StepContext) -> None:
+        pass
+
+    def bind_student(self, student: nn.Module) -> None:
         pass
 
 

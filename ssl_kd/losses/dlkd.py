@@ -37,7 +37,7 @@ from ..config import LossConfig
 from ..embeddings import Embeddings
 from ..students import mlp_head
 from . import register_method
-from .base import DistillMethod, StepContext, split_views
+from .base import DistillMethod, MethodDims, StepContext, split_views
 
 
 def alignment_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
@@ -88,11 +88,11 @@ class DLKD(DistillMethod):
         self.corr_head = mlp_head(student_dim, student_dim, student_dim)  # h_C
 
     @classmethod
-    def from_config(cls, cfg: LossConfig, student_dim: int, teacher_dim: int, **weights: float) -> "DLKD":
+    def from_config(cls, cfg: LossConfig, dims: MethodDims, **weights: float) -> "DLKD":
         """The method from the config; `weights` override align/corr/contrast weights (ablations)."""
         options = dict(align_weight=cfg.align_weight, corr_weight=cfg.corr_weight, contrast_weight=cfg.contrast_weight)
         options.update(weights)
-        return cls(student_dim, corr_temperature=cfg.corr_temperature, contrast_temperature=cfg.contrast_temperature, **options)
+        return cls(dims.student_dim, corr_temperature=cfg.corr_temperature, contrast_temperature=cfg.contrast_temperature, **options)
 
     def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
         terms = {
@@ -106,17 +106,17 @@ class DLKD(DistillMethod):
 
 
 @register_method("dlkd")
-def _dlkd(cfg: LossConfig, student_dim: int, teacher_dim: int) -> DLKD:
-    return DLKD.from_config(cfg, student_dim, teacher_dim)
+def _dlkd(cfg: LossConfig, dims: MethodDims) -> DLKD:
+    return DLKD.from_config(cfg, dims)
 
 
 @register_method("dlkd_align")
-def _dlkd_align_only(cfg: LossConfig, student_dim: int, teacher_dim: int) -> DLKD:
+def _dlkd_align_only(cfg: LossConfig, dims: MethodDims) -> DLKD:
     """Ablation: the alignment term alone."""
-    return DLKD.from_config(cfg, student_dim, teacher_dim, corr_weight=0.0, contrast_weight=0.0)
+    return DLKD.from_config(cfg, dims, corr_weight=0.0, contrast_weight=0.0)
 
 
 @register_method("dlkd_corr")
-def _dlkd_corr_only(cfg: LossConfig, student_dim: int, teacher_dim: int) -> DLKD:
+def _dlkd_corr_only(cfg: LossConfig, dims: MethodDims) -> DLKD:
     """Ablation: the correlation term alone."""
-    return DLKD.from_config(cfg, student_dim, teacher_dim, align_weight=0.0, contrast_weight=0.0)
+    return DLKD.from_config(cfg, dims, align_weight=0.0, contrast_weight=0.0)
