@@ -13,26 +13,19 @@ one line on bad input.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, write_config  # noqa: E402
 from ssl_kd.config import Config, to_dict  # noqa: E402
-from ssl_kd.data import build_dataset, eval_transform, make_loader, resolve_data_config  # noqa: E402
-from ssl_kd.defaults import default_teacher  # noqa: E402
-from ssl_kd.distill import build_student, distill  # noqa: E402
+from ssl_kd.data import resolve_data_config  # noqa: E402
+from ssl_kd.distill import method_names, distill  # noqa: E402
 from ssl_kd.errors import cli_main  # noqa: E402
 from ssl_kd.evaluation.report import markdown_table, summary_lines, write_report  # noqa: E402
-from ssl_kd.evaluation.suite import RawPixels, count_parameters, evaluate_model, images_per_second  # noqa: E402
-from ssl_kd.loop import resolve_device  # noqa: E402
-from ssl_kd.losses import METHODS  # noqa: E402
-from ssl_kd.teachers import load_teacher  # noqa: E402
+from ssl_kd.job import data_summary, evaluate_all, load_inputs, machine_description  # noqa: E402
 
 FLAGS = {
     "teacher": "teacher.path", "teacher_arch": "teacher.arch", "teacher_format": "teacher.format",
@@ -52,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data", metavar="NAME", help="digits (default, embedded) | cifar10 | cifar100 | stl10 | imagefolder")
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder (torchvision download target, or an ImageFolder)")
     parser.add_argument("--student", metavar="NAME", help="timm name of the student backbone (default resnet10t)")
-    parser.add_argument("--method", metavar="NAME", help=f"distillation method: {', '.join(sorted(METHODS))}")
+    parser.add_argument("--method", metavar="NAME", help=f"distillation method: {', '.join(method_names())}")
     parser.add_argument("--epochs", type=int, metavar="N")
     parser.add_argument("--batch-size", type=int, metavar="N")
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/default)")
@@ -67,63 +60,29 @@ def main(argv=None) -> dict:
     cfg.data = resolve_data_config(cfg.data)
     out = Path(cfg.out)
     write_config(cfg, out)
-    device = resolve_device(cfg.train.device)
-
-    train_eval = build_dataset(cfg.data, "train", eval_transform(cfg.data))  # fail fast on bad data
-    test_eval = build_dataset(cfg.data, "test", eval_transform(cfg.data))
-    teacher_path = cfg.teacher.path or default_teacher(cfg.data.name)
-    teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
-                           image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
+    inputs = load_inputs(cfg)
+    teacher = inputs.teacher
     logits = ", with logits" if teacher.has_logits else ""
-    print(f"teacher: {teacher.arch} ({teacher.format} checkpoint {teacher_path}), {teacher.embed_dim}-d features{logits}")
+    print(f"teacher: {teacher.arch} ({teacher.format} checkpoint {inputs.teacher_path}), {teacher.embed_dim}-d features{logits}")
 
-    print(f"distilling into {cfg.student.arch} with {cfg.loss.method} for {cfg.train.epochs} epochs on {cfg.data.name} ({device})")
+    print(f"distilling into {cfg.student.arch} with {cfg.loss.method} for {cfg.train.epochs} epochs on {cfg.data.name} ({inputs.device})")
     run = distill(cfg, teacher, out)
-    train_seconds = sum(epoch["seconds"] for epoch in run.fit.history)
 
     print("evaluating teacher, student and baselines")
-    report = evaluate_all(cfg, teacher, run.student, train_eval, test_eval, device)
+    report = evaluate_all(cfg, inputs, run.student)
     report.update(
-        method=cfg.loss.method, config=to_dict(cfg), machine=machine_description(device),
-        data={"name": cfg.data.name, "train": len(train_eval), "test": len(test_eval), "image_size": cfg.data.image_size},
-        training={"epochs": cfg.train.epochs, "steps": run.fit.steps, "seconds": train_seconds,
+        method=cfg.loss.method, config=to_dict(cfg), machine=machine_description(inputs.device),
+        data=data_summary(cfg, inputs),
+        training={"epochs": cfg.train.epochs, "steps": run.fit.steps, "seconds": run.train_seconds,
                   "final": run.fit.history[-1] if run.fit.history else {}},
         total_seconds=round(time.time() - started, 1),
     )
-    report["teacher"]["source"] = str(teacher_path)
     json_path, md_path = write_report(out, report)
     print("\n" + markdown_table(report) + "\n")
     for line in summary_lines(report):
         print(f"- {line}")
     print(f"\nwrote {md_path}, {json_path} and {run.export_path} in {report['total_seconds']:.0f} s")
     return report
-
-
-def evaluate_all(cfg: Config, teacher, student, train_eval, test_eval, device) -> dict:
-    train_loader = make_loader(train_eval, cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
-    test_loader = make_loader(test_eval, cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
-    random_student = build_student(cfg, teacher)  # same arch and init seed: the student before distillation
-    models = {"teacher": teacher, "student": student, "random_student": random_student, "raw_pixels": RawPixels()}
-    results = {name: evaluate_model(model, train_loader, test_loader, cfg.eval, device, name) for name, model in models.items()}
-    batch = next(iter(test_loader))[0][: cfg.eval.batch_size]
-    speed = images_per_second({"teacher": teacher, "student": student.backbone}, batch, device)
-    results["teacher"].update(arch=teacher.arch, params=count_parameters(teacher.backbone), images_per_s=speed["teacher"])
-    results["student"].update(arch=student.arch, params=count_parameters(student.backbone), images_per_s=speed["student"])
-    results["random_student"].update(arch=student.arch, params=count_parameters(random_student.backbone))
-    results["raw_pixels"].update(arch="pixels")
-    protocol = {
-        "knn_k": cfg.eval.knn_k, "knn_temperature": cfg.eval.knn_temperature,
-        "knn": f"weighted k-NN (k={cfg.eval.knn_k}, T={cfg.eval.knn_temperature}) on L2-normalized backbone features, train split as the bank",
-        "linear": "linear probe: logistic regression (L-BFGS) on cached features, weight decay chosen on 20% of train",
-    }
-    return {"teacher": results["teacher"], "student": results["student"],
-            "baselines": {"random_student": results["random_student"], "raw_pixels": results["raw_pixels"]}, "protocol": protocol}
-
-
-def machine_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{torch.get_num_threads()} CPU threads ({platform.machine()})"
 
 
 if __name__ == "__main__":

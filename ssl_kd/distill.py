@@ -18,9 +18,10 @@ from torch import nn
 from .config import Config, to_dict
 from .data import build_dataset, make_loader, views_transform
 from .errors import UserError
-from .losses import build_method
+from .losses import METHODS, build_method
 from .losses.base import MethodDims, StepContext
 from .loop import FitResult, fit, resolve_device
+from .pretrain import SimCLRObjective
 from .queue import MomentumQueue
 from .students import Student
 from .teachers import Teacher
@@ -73,6 +74,18 @@ class DistillResult:
     fit: FitResult
     export_path: Path
 
+    @property
+    def train_seconds(self) -> float:
+        return sum(epoch["seconds"] for epoch in self.fit.history)
+
+
+SSL_SCRATCH = "ssl_scratch"  # the baseline: the student trained self-supervised (SimCLR) from scratch
+
+
+def method_names() -> list[str]:
+    """Every `--method` choice: the registered distillation methods and the SSL-from-scratch baseline."""
+    return sorted([*METHODS, SSL_SCRATCH])
+
 
 def build_student(cfg: Config, teacher: Teacher) -> Student:
     """The student, initialised from `student.init_seed` (the random-init baseline uses the same call)."""
@@ -85,16 +98,27 @@ def distill(cfg: Config, teacher: Teacher, run_dir: Path) -> DistillResult:
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
     loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     student = build_student(cfg, teacher)
-    num_classes = getattr(teacher.backbone, "num_classes", 0) if getattr(teacher, "has_logits", False) else 0
-    dims = MethodDims(student_dim=student.feat_dim, teacher_dim=teacher.embed_dim, num_samples=len(dataset), num_classes=num_classes)
-    method = build_method(cfg.loss, dims)
-    queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
-    if method.needs_logits and not teacher.has_logits:
-        raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")
-    objective = DistillObjective(teacher, student, method, queue)
+    objective = build_objective(cfg, teacher, student, len(dataset))
     result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device)
     export = export_student(student, Path(run_dir))
     return DistillResult(student=student, fit=result, export_path=export)
+
+
+def build_objective(cfg: Config, teacher: Teacher, student: Student, num_samples: int) -> nn.Module:
+    """The distillation objective for `cfg.loss.method`, or SimCLR on the student for `ssl_scratch`."""
+    if cfg.loss.method not in method_names():
+        raise UserError(f"unknown method '{cfg.loss.method}'; choose one of: {', '.join(method_names())} (--method / loss.method)")
+    if cfg.loss.method == SSL_SCRATCH:
+        if getattr(cfg.data, "views", "crops") != "crops":
+            raise UserError("ssl_scratch trains SimCLR on two crops; set data.views=crops")  # same data, views and budget; the teacher only takes part in the report
+        return SimCLRObjective(student.backbone, student.mean.flatten().tolist(), student.std.flatten().tolist())
+    num_classes = getattr(teacher.backbone, "num_classes", 0) if getattr(teacher, "has_logits", False) else 0
+    dims = MethodDims(student_dim=student.feat_dim, teacher_dim=teacher.embed_dim, num_samples=num_samples, num_classes=num_classes)
+    method = build_method(cfg.loss, dims)
+    if method.needs_logits and not num_classes:
+        raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")
+    queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
+    return DistillObjective(teacher, student, method, queue)
 
 
 def export_student(student: Student, run_dir: Path) -> Path:

@@ -1,0 +1,90 @@
+"""The pieces every distillation pipeline shares: load the inputs, evaluate teacher vs student vs
+baselines with one protocol, describe the machine.
+
+`pipelines/distill_ssl.py` (one run) and `pipelines/compare.py` (methods x seeds) both build on it.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .data import build_dataset, eval_transform, make_loader
+from .defaults import default_teacher
+from .distill import build_student
+from .evaluation.suite import RawPixels, count_parameters, evaluate_model, images_per_second
+from .loop import resolve_device
+from .teachers import Teacher, load_teacher
+
+
+@dataclass
+class JobInputs:
+    teacher: Teacher
+    teacher_path: str
+    train_eval: torch.utils.data.Dataset  # train split, eval transform (k-NN bank, probe training set)
+    test_eval: torch.utils.data.Dataset  # test split, eval transform (queries)
+    device: torch.device
+
+
+def load_inputs(cfg: Config) -> JobInputs:
+    """Data first (cheap, fails fast on a bad folder), then the teacher, moved to the device."""
+    device = resolve_device(cfg.train.device)
+    train_eval = build_dataset(cfg.data, "train", eval_transform(cfg.data))
+    test_eval = build_dataset(cfg.data, "test", eval_transform(cfg.data))
+    teacher_path = str(cfg.teacher.path or default_teacher(cfg.data.name))
+    teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
+                           image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
+    return JobInputs(teacher, teacher_path, train_eval, test_eval, device)
+
+
+def eval_loaders(cfg: Config, inputs: JobInputs):
+    train = make_loader(inputs.train_eval, cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
+    test = make_loader(inputs.test_eval, cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
+    return train, test
+
+
+def evaluate_all(cfg: Config, inputs: JobInputs, student) -> dict:
+    """k-NN and linear probe of teacher, student, the random-init student and raw pixels; sizes and speeds."""
+    train_loader, test_loader = eval_loaders(cfg, inputs)
+    teacher = inputs.teacher
+    random_student = build_student(cfg, teacher)  # same arch and init seed: the student before distillation
+    models = {"teacher": teacher, "student": student, "random_student": random_student, "raw_pixels": RawPixels()}
+    results = {name: evaluate_model(model, train_loader, test_loader, cfg.eval, inputs.device, name) for name, model in models.items()}
+    batch = next(iter(test_loader))[0][: cfg.eval.batch_size]
+    speed = images_per_second({"teacher": teacher, "student": student.backbone}, batch, inputs.device)
+    results["teacher"].update(arch=teacher.arch, params=count_parameters(teacher.backbone), images_per_s=speed["teacher"],
+                              source=inputs.teacher_path)
+    results["student"].update(arch=student.arch, params=count_parameters(student.backbone), images_per_s=speed["student"])
+    results["random_student"].update(arch=student.arch, params=count_parameters(random_student.backbone))
+    results["raw_pixels"].update(arch="pixels")
+    return {"teacher": results["teacher"], "student": results["student"],
+            "baselines": {"random_student": results["random_student"], "raw_pixels": results["raw_pixels"]},
+            "protocol": protocol(cfg)}
+
+
+def protocol(cfg: Config) -> dict:
+    return {
+        "knn_k": cfg.eval.knn_k, "knn_temperature": cfg.eval.knn_temperature,
+        "knn": f"weighted k-NN (k={cfg.eval.knn_k}, T={cfg.eval.knn_temperature}) on L2-normalized backbone features, train split as the bank",
+        "linear": "linear probe: logistic regression (L-BFGS) on cached features, weight decay chosen on 20% of train",
+    }
+
+
+def data_summary(cfg: Config, inputs: JobInputs) -> dict:
+    return {"name": cfg.data.name, "train": len(inputs.train_eval), "test": len(inputs.test_eval), "image_size": cfg.data.image_size}
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{torch.get_num_threads()} CPU threads ({platform.machine()})"
+
+
+def ensure_dir(path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
