@@ -1,0 +1,120 @@
+"""Compare distillation methods on one teacher, data and budget: methods x seeds, mean ± std.
+
+    python pipelines/compare.py                                   # embedded default: dlkd, seed, compress_1q, ssl_scratch x 3 seeds
+    python pipelines/compare.py --methods dlkd,dlkd_align,dlkd_corr,kd,ckd --seeds 5 --epochs 20
+    python pipelines/compare.py --methods all --teacher moco_v2.pth --data imagefolder --data-root DIR
+
+Every (method, seed) run is a normal distillation run in OUT/<method>/seed<N>/ (resumable; a run
+whose result.json exists is not run again). The teacher and raw pixels are evaluated once, the
+random-init student once per seed (its init seed is the run's seed). Writes OUT/compare.json,
+compare.md and compare.png (k-NN top-1, mean ± std over seeds); the table also prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, write_config  # noqa: E402
+from ssl_kd.config import Config  # noqa: E402
+from ssl_kd.data import resolve_data_config  # noqa: E402
+from ssl_kd.distill import build_student, distill, method_names  # noqa: E402
+from ssl_kd.errors import UserError, cli_main  # noqa: E402
+from ssl_kd.evaluation.compare import aggregate, markdown, write  # noqa: E402
+from ssl_kd.evaluation.suite import RawPixels, evaluate_model  # noqa: E402
+from ssl_kd.job import data_summary, eval_loaders, load_inputs, machine_description, protocol  # noqa: E402
+
+DEFAULT_METHODS = "dlkd,seed,compress_1q,ssl_scratch"
+FLAGS = {"teacher": "teacher.path", "teacher_arch": "teacher.arch", "data": "data.name", "data_root": "data.root",
+         "student": "student.arch", "epochs": "train.epochs", "batch_size": "train.batch_size", "out": "out"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, or 'all' (default {DEFAULT_METHODS})")
+    parser.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 per method (default 3)")
+    parser.add_argument("--teacher", metavar="PATH")
+    parser.add_argument("--teacher-arch", metavar="NAME")
+    parser.add_argument("--data", metavar="NAME")
+    parser.add_argument("--data-root", metavar="DIR")
+    parser.add_argument("--student", metavar="NAME")
+    parser.add_argument("--epochs", type=int, metavar="N")
+    parser.add_argument("--batch-size", type=int, metavar="N")
+    parser.add_argument("--out", metavar="DIR", help="output directory (default runs/compare)")
+    add_config_arguments(parser)
+    return parser.parse_intermixed_args(argv)
+
+
+def chosen_methods(text: str) -> list[str]:
+    names = method_names() if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in method_names()]
+    if unknown or not names:
+        raise UserError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(method_names())}, or all")
+    return names
+
+
+def main(argv=None) -> dict:
+    setup_logging()
+    args = parse_args(argv)
+    if args.out is None and not any(o.startswith("out=") for o in args.overrides):
+        args.out = "runs/compare"
+    cfg = config_from_args(args, FLAGS, Config)
+    cfg.data = resolve_data_config(cfg.data)
+    methods, seeds = chosen_methods(args.methods), list(range(args.seeds))
+    if not seeds:
+        raise UserError("--seeds must be at least 1")
+    out = Path(cfg.out)
+    write_config(cfg, out)
+    inputs = load_inputs(cfg)
+    train_loader, test_loader = eval_loaders(cfg, inputs)
+
+    def evaluate(model, name):
+        return evaluate_model(model, train_loader, test_loader, cfg.eval, inputs.device, name)
+
+    rows: dict[str, list[dict]] = {"teacher": [evaluate(inputs.teacher, "teacher")]}
+    for method in methods:
+        rows[method] = [run_one(cfg, inputs, method, seed, out, evaluate) for seed in seeds]
+    rows["random-init student"] = [evaluate(build_student(seeded(cfg, "dlkd", seed, out), inputs.teacher), "random student") for seed in seeds]
+    rows["raw pixels"] = [evaluate(RawPixels(), "raw pixels")]
+    table = aggregate(rows)
+    meta = {"methods": methods, "seeds": len(seeds), "epochs": cfg.train.epochs, "student": cfg.student.arch,
+            "teacher": {"arch": inputs.teacher.arch, "source": inputs.teacher_path}, "data": data_summary(cfg, inputs),
+            "machine": machine_description(inputs.device), "protocol": protocol(cfg)}
+    paths = write(out, table, meta)
+    print("\n" + markdown(table, cfg.eval.knn_k, cfg.eval.knn_temperature) + "\n")
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return {**meta, "table": table}
+
+
+def seeded(cfg: Config, method: str, seed: int, out: Path) -> Config:
+    """The base config for one run: the method, the seed for data order, augmentation and student init."""
+    run = copy.deepcopy(cfg)
+    run.loss.method, run.train.seed, run.student.init_seed = method, seed, seed
+    run.out = str(out / method / f"seed{seed}")
+    return run
+
+
+def run_one(cfg: Config, inputs, method: str, seed: int, out: Path, evaluate) -> dict:
+    run_cfg = seeded(cfg, method, seed, out)
+    result_path = Path(run_cfg.out) / "result.json"
+    if result_path.exists():
+        print(f"{method} seed {seed}: done before ({result_path})")
+        return json.loads(result_path.read_text())
+    print(f"{method} seed {seed}: distilling {cfg.train.epochs} epochs")
+    started = time.time()
+    run = distill(run_cfg, inputs.teacher, Path(run_cfg.out))
+    result = {k: v for k, v in evaluate(run.student, method).items() if k in ("knn_top1", "knn_top5", "linear_top1")}
+    result.update(train_seconds=run.train_seconds, wall_seconds=round(time.time() - started, 1))
+    result_path.write_text(json.dumps(result, indent=2))
+    print(f"{method} seed {seed}: k-NN top-1 {result['knn_top1']:.1f}")
+    return result
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,85 @@
+"""Aggregate a methods x seeds comparison: mean ± std tables (Markdown, JSON) and a bar chart.
+
+Input: `runs[method][seed] = {"knn_top1", "knn_top5", "linear_top1"?, "train_seconds"}` plus
+reference rows (`teacher`, `random-init student` per seed, `raw pixels`). The standard deviation is
+the sample one (n - 1) over seeds; with one seed it is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+METRICS = (("knn_top1", "k-NN top-1"), ("knn_top5", "k-NN top-5"), ("linear_top1", "linear top-1"))
+
+
+def summarize(values: list[float]) -> dict:
+    """mean, std (n - 1), n and the values themselves."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": values}
+
+
+def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
+    """Per row (a method, or a reference), each metric summarized over its runs (seeds)."""
+    table = {}
+    for name, runs in rows.items():
+        metrics = {key: summarize([run[key] for run in runs]) for key, _ in METRICS if all(key in run for run in runs)}
+        if all("train_seconds" in run for run in runs):
+            metrics["train_seconds"] = summarize([run["train_seconds"] for run in runs])
+        table[name] = metrics
+    return table
+
+
+def markdown(table: dict[str, dict], k: int, temperature: float) -> str:
+    header = f"| row | k-NN top-1 (k={k}, T={temperature}) | k-NN top-5 | linear top-1 | train s | seeds |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    for name, metrics in table.items():
+        cells = [_cell(metrics.get(key)) for key, _ in METRICS]
+        seconds = metrics.get("train_seconds")
+        n = max((m["n"] for m in metrics.values()), default=0)
+        seconds_cell = f"{seconds['mean']:.0f}" if seconds else "-"
+        lines.append(f"| {name} | {' | '.join(cells)} | {seconds_cell} | {n} |")
+    return "\n".join(lines)
+
+
+def _cell(summary: dict | None) -> str:
+    if summary is None:
+        return "-"
+    return f"{summary['mean']:.1f} ± {summary['std']:.1f}" if summary["n"] > 1 else f"{summary['mean']:.1f}"
+
+
+def bar_chart(table: dict[str, dict], path: Path, metric: str = "knn_top1") -> Path:
+    """Horizontal bars of `metric` (mean, with ± std error bars), one per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name, metrics in table.items() if metric in metrics]
+    means = [table[name][metric]["mean"] for name in names]
+    stds = [table[name][metric]["std"] for name in names]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    ax.barh(names[::-1], means[::-1], xerr=stds[::-1], color="#4c72b0", capsize=3)
+    low = min(means) - 3 * max(max(stds), 1.0)
+    ax.set_xlim(max(0.0, low), 100.0)
+    ax.set_xlabel(dict(METRICS)[metric] + " (%)")
+    for y, (mean, std) in enumerate(zip(means[::-1], stds[::-1])):
+        ax.text(mean + std + 0.2, y, f"{mean:.1f}", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write(out_dir: Path, table: dict[str, dict], meta: dict) -> tuple[Path, Path, Path]:
+    out_dir = Path(out_dir)
+    json_path, md_path, png_path = out_dir / "compare.json", out_dir / "compare.md", out_dir / "compare.png"
+    json_path.write_text(json.dumps({**meta, "table": table}, indent=2))
+    title = f"# ssl_kd comparison on {meta['data']['name']}: teacher {meta['teacher']['arch']} -> student {meta['student']}"
+    body = [title, "", f"{meta['seeds']} seeds, {meta['epochs']} epochs each, on {meta['machine']}. Mean ± std over seeds.", "",
+            markdown(table, meta["protocol"]["knn_k"], meta["protocol"]["knn_temperature"]), "",
+            f"Protocol: {meta['protocol']['knn']}; {meta['protocol']['linear']}.", "", "![k-NN top-1](compare.png)", ""]
+    md_path.write_text("\n".join(body))
+    bar_chart(table, png_path)
+    return json_path, md_path, png_path

@@ -1,0 +1,57 @@
+"""pipelines/compare.py at a tiny size, and the mean ± std aggregation it reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssl_kd.evaluation.compare import aggregate, markdown, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_summarize_is_mean_and_sample_std() -> None:
+    s = summarize([90.0, 92.0, 97.0])
+    assert s["mean"] == pytest.approx(93.0) and s["std"] == pytest.approx(statistics.stdev([90, 92, 97])) and s["n"] == 3
+    assert summarize([50.0])["std"] == 0.0
+
+
+def test_aggregate_and_markdown_rows() -> None:
+    table = aggregate({"teacher": [{"knn_top1": 98.0, "knn_top5": 100.0}],
+                       "dlkd": [{"knn_top1": 96.0, "knn_top5": 99.0, "train_seconds": 10.0},
+                                {"knn_top1": 98.0, "knn_top5": 100.0, "train_seconds": 12.0}]})
+    assert table["dlkd"]["knn_top1"]["mean"] == 97.0 and table["dlkd"]["train_seconds"]["mean"] == 11.0
+    text = markdown(table, 20, 0.07)
+    assert "| dlkd | 97.0 ± 1.4 | 99.5 ± 0.7 | - | 11 | 2 |" in text and "| teacher | 98.0 | 100.0 | - | - | 1 |" in text
+
+
+def run_compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "pipelines" / "compare.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_compare_pipeline_tiny(tmp_path: Path) -> None:
+    args = ["--methods", "dlkd,ssl_scratch", "--seeds", "2", "--epochs", "1", "--out", "cmp", "data.subset=48",
+            "train.batch_size=16", "data.num_workers=0", "loss.queue_size=32", "eval.linear_probe=false", "eval.knn_ks=[1,20]"]
+    result = run_compare(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "cmp"
+    report = json.loads((out / "compare.json").read_text())
+    assert list(report["table"]) == ["teacher", "dlkd", "ssl_scratch", "random-init student", "raw pixels"]
+    runs = [json.loads((out / "dlkd" / f"seed{s}" / "result.json").read_text())["knn_top1"] for s in (0, 1)]
+    assert report["table"]["dlkd"]["knn_top1"]["mean"] == pytest.approx(sum(runs) / 2)
+    assert (out / "compare.png").stat().st_size > 0 and "| ssl_scratch |" in (out / "compare.md").read_text()
+    again = run_compare(*args, cwd=tmp_path)  # every run is done: nothing is trained again
+    assert again.returncode == 0 and "distilling" not in again.stdout and "done before" in again.stdout
+
+
+def test_compare_rejects_unknown_methods(tmp_path: Path) -> None:
+    result = run_compare("--methods", "dlkd,nope", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: unknown method(s) nope")
