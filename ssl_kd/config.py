@@ -29,7 +29,10 @@ class DataConfig:
     download: bool = True  # torchvision datasets: download when missing (needs internet)
     image_size: Optional[int] = None  # side of the square images the networks see
     num_workers: int = 2
-    # two-view SSL augmentation (lightly's SimCLR view transform)
+    # views per image: "crops" = two SimCLR crops; "rotations" = one crop turned by 0/90/180/270
+    # degrees, four views (DLKD's input, research/methods.md s.1.1)
+    views: str = "crops"
+    # SSL augmentation (lightly's SimCLR view transform)
     min_scale: Optional[float] = None  # RandomResizedCrop scale lower bound
     hflip: Optional[float] = None  # horizontal-flip probability
     color_jitter: Optional[float] = None  # colour-jitter probability

@@ -208,9 +208,35 @@ def resolve_data_config(cfg: DataConfig) -> DataConfig:
     return replace(cfg, **filled)
 
 
+VIEW_MODES = ("crops", "rotations")
+
+
+class RotatedViews:
+    """One augmented view of the image, then that view turned by 0, 90, 180 and 270 degrees.
+
+    Returns 4 tensors: view k = `torch.rot90(view_0, k, dims=(-2, -1))` (counter-clockwise), so view
+    0 is the unrotated one, DLKD's anchors. DLKD's own code (research/methods.md s.1.1) rotates first
+    and crops each rotation separately; here the four views share one crop and differ only by the turn.
+    """
+
+    def __init__(self, view: Callable):
+        self.view = view
+
+    def __call__(self, image) -> list[torch.Tensor]:
+        base = self.view(image)
+        return [torch.rot90(base, k, dims=(-2, -1)) for k in range(4)]
+
+
 def views_transform(cfg: DataConfig, num_views: int = 2):
-    """Two (or more) SSL views per image from lightly's SimCLR view transform, sized to the image."""
+    """SSL views per image from lightly's SimCLR view transform, sized to the image.
+
+    `data.views="crops"`: `num_views` independent crops (two by default). `"rotations"`: four views,
+    one crop turned by 0/90/180/270 degrees (`RotatedViews`; `num_views` does not apply).
+    """
     cfg = resolve_data_config(cfg)
+    mode = getattr(cfg, "views", "crops")
+    if mode not in VIEW_MODES:
+        raise UserError(f"data.views={mode!r} is not one of: {', '.join(VIEW_MODES)}")
     from lightly.transforms import SimCLRViewTransform
     from lightly.transforms.multi_view_transform import MultiViewTransform
 
@@ -226,6 +252,8 @@ def views_transform(cfg: DataConfig, num_views: int = 2):
         rr_degrees=cfg.rotation_degrees,
         normalize=None,
     )
+    if mode == "rotations":
+        return RotatedViews(view)
     return MultiViewTransform([view] * num_views)
 
 

@@ -48,9 +48,10 @@ class DistillObjective(nn.Module):
         method = self.trainable["method"]
         views = method.batch_transform(views)
         images = torch.cat(views)
+        maps = getattr(method, "needs_maps", False)  # FitNet, SP: the backbones' stage maps too
         with torch.no_grad():
-            teacher_out = self.teacher(images)
-        student_out = self.student(images)
+            teacher_out = self.teacher(images, maps=maps)
+        student_out = self.student(images, maps=maps)
         ctx = StepContext(num_views=len(views), index=index, images=images)
         queue = self.trainable["queue"].get() if "queue" in self.trainable else None
         out = method(student_out, teacher_out, queue, ctx)

@@ -16,8 +16,12 @@ class Embeddings:
             for a student its projector output, sized to the teacher's width). Not normalized:
             losses normalize once, where their formula says so.
     logits: class logits [B, C] from a supervised teacher, else None.
+    maps:   the backbone's stage outputs [B, C_i, H_i, W_i] in stage order (timm's
+            `forward_intermediates`: a ResNet's stem then layer1..layer4; a ViT's blocks as token
+            grids), only when the method declares `needs_maps`; else None.
     """
 
     feat: Tensor
     emb: Tensor
     logits: Tensor | None = None
+    maps: list[Tensor] | None = None

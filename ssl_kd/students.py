@@ -3,7 +3,8 @@
 `Student.forward(x)` takes images in [0, 1], normalizes them with the student's own mean/std, and
 returns `Embeddings(feat=backbone(x), emb=projector(feat))`. The backbone is a stock timm model
 (`num_classes=0`), so after distillation it is exported as a plain timm state dict that
-`timm.create_model(name, checkpoint_path=...)` loads with no ssl_kd code.
+`timm.create_model(name, checkpoint_path=...)` loads with no ssl_kd code. `forward(x, maps=True)`
+also returns the backbone's stage maps from the same pass (`backbone_with_maps`; FitNet, SP).
 
 `small_stem=True` replaces a ResNet's 7x7/stride-2 stem and max-pool by a 3x3/stride-1 conv (the
 CIFAR variant SSL papers use at 32 px); the exported file then records it, since timm's stock
@@ -45,6 +46,21 @@ def create_backbone(arch: str, *, small_stem: bool = False) -> nn.Module:
     return backbone
 
 
+def backbone_with_maps(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One pass of a timm backbone giving (pooled pre-logits feature, stage maps in stage order).
+
+    The maps are timm's `forward_intermediates` outputs for every stage (`indices=None`: a ResNet's
+    stem then layer1..layer4, a ViT's blocks as [B, C, H, W] token grids without prefix tokens); the
+    feature is `forward_head(final, pre_logits=True)`, equal to the plain `backbone(x)` of a
+    `num_classes=0` model.
+    """
+    if not hasattr(backbone, "forward_intermediates"):
+        raise UserError(f"{type(backbone).__name__} has no forward_intermediates in this timm version; "
+                        "a method that needs feature maps (sp, fitnet) cannot use it; choose another model or method")
+    final, maps = backbone.forward_intermediates(x, indices=None, intermediates_only=False)
+    return backbone.forward_head(final, pre_logits=True), list(maps)
+
+
 def _use_small_stem(backbone: nn.Module, arch: str) -> None:
     from .teachers.layouts.resnet_arch import small_stem
 
@@ -72,6 +88,10 @@ class Student(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
 
-    def forward(self, x: torch.Tensor) -> Embeddings:
-        feat = self.features(x)
-        return Embeddings(feat=feat, emb=self.projector(feat))
+    def forward(self, x: torch.Tensor, maps: bool = False) -> Embeddings:
+        """`maps=True`: also the backbone's stage maps, from the same single pass."""
+        if not maps:
+            feat = self.features(x)
+            return Embeddings(feat=feat, emb=self.projector(feat))
+        feat, stage_maps = backbone_with_maps(self.backbone, (x - self.mean) / self.std)
+        return Embeddings(feat=feat, emb=self.projector(feat), maps=stage_maps)

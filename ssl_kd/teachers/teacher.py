@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..embeddings import Embeddings
+from ..students import backbone_with_maps
 
 
 @dataclass
@@ -40,8 +41,10 @@ class Teacher(nn.Module):
     Output: `Embeddings(feat=f, emb=f, logits=l)`, f the pooled pre-logits backbone feature
     [B, embed_dim], computed without autograd. `l` is the classifier's output when the checkpoint is a
     supervised classifier whose head was kept (`has_logits`), else None; SSL heads are projectors and
-    are never kept. Every parameter has `requires_grad=False`, and the module stays in eval mode
-    whatever `.train()` is called with, on it or on a parent.
+    are never kept. `forward(x, maps=True)` also fills `maps`, the backbone's stage outputs
+    (`ssl_kd.students.backbone_with_maps`), from the same single pass. Every parameter has
+    `requires_grad=False`, and the module stays in eval mode whatever `.train()` is called with, on it
+    or on a parent.
     """
 
     def __init__(
@@ -82,15 +85,20 @@ class Teacher(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, x: Tensor) -> Embeddings:
+    def forward(self, x: Tensor, maps: bool = False) -> Embeddings:
+        """`maps=True`: also the backbone's stage maps (`Embeddings.maps`), from the same single pass."""
         if not x.is_floating_point():
             raise TypeError(f"Teacher expects float images in [0, 1], got dtype {x.dtype}")
         x = (self.resize(x) - self.mean) / self.std
-        if not self.has_logits:
+        stage_maps = None
+        if maps:
+            feat, stage_maps = backbone_with_maps(self.backbone, x)
+        elif not self.has_logits:
             feat = self.backbone(x)
-            return Embeddings(feat=feat, emb=feat, logits=None)
-        feat = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
-        return Embeddings(feat=feat, emb=feat, logits=self.backbone.get_classifier()(feat))
+        else:
+            feat = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        logits = self.backbone.get_classifier()(feat) if self.has_logits else None
+        return Embeddings(feat=feat, emb=feat, logits=logits, maps=stage_maps)
 
     def resize(self, x: Tensor) -> Tensor:
         """`x` at image_size x image_size (bilinear, antialiased), or unchanged when no size is set."""
