@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedParameter
 
 from .config import Config, to_dict
 from .data import build_dataset, make_loader, views_transform
@@ -119,7 +120,24 @@ def build_objective(cfg: Config, teacher: Teacher, student: Student, num_samples
     if method.needs_logits and not num_classes:
         raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")
     queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
-    return DistillObjective(teacher, student, method, queue)
+    objective = DistillObjective(teacher, student, method, queue)
+    materialize_lazy_modules(objective, cfg)
+    return objective
+
+
+def materialize_lazy_modules(objective: DistillObjective, cfg: Config) -> None:
+    """Give lazily shaped heads (FitNet's regressor) their shapes before the optimizer is built, by one
+    no-grad forward on blank images, so that weight decay and the optimizer state see real tensors."""
+    if not any(isinstance(p, UninitializedParameter) for p in objective.trainable.parameters()):
+        return
+    device = next(objective.teacher.parameters()).device
+    num_views = 4 if cfg.data.views == "rotations" else 2
+    blank = [torch.zeros(2, 3, cfg.data.image_size, cfg.data.image_size, device=device) for _ in range(num_views)]
+    objective.to(device).eval()
+    with torch.no_grad():
+        objective(blank, torch.zeros(2, dtype=torch.long, device=device))
+    objective.train()
+    objective._step = None
 
 
 def export_student(student: Student, run_dir: Path) -> Path:
