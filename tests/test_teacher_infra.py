@@ -18,6 +18,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from _models import images, random_model
 from safetensors.torch import save_file
 from torch import nn
 
@@ -38,17 +39,10 @@ class ForeignConfig:
 
 
 def _model(arch: str = "resnet10t", num_classes: int = 0, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return random_model(arch, seed=seed, num_classes=num_classes)
 
 
-def _images(n: int = 2, size: int = 32) -> torch.Tensor:
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+_images = images
 
 
 def _normalise(x: torch.Tensor, mean=timm.data.IMAGENET_DEFAULT_MEAN, std=timm.data.IMAGENET_DEFAULT_STD) -> torch.Tensor:

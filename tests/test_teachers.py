@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from _models import images, random_model
 from torch import nn
 
 from ssl_kd.embeddings import Embeddings
@@ -23,18 +24,10 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 def _reference(arch: str = "resnet18", seed: int = 0, num_classes: int = 0) -> nn.Module:
-    """A random timm model with non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return random_model(arch, seed=seed, num_classes=num_classes)
 
 
-def _images(n: int = 2, size: int = 32) -> torch.Tensor:
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+_images = images
 
 
 def _normalise(x: torch.Tensor, mean=None, std=None) -> torch.Tensor:
