@@ -51,8 +51,9 @@ def build_objectives(names: list[str], cfg: Config, teacher, num_samples: int) -
             cfg.loss.method = name
             method = build_method(cfg.loss, MethodDims(student.feat_dim, teacher.embed_dim, num_samples=num_samples))
         queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
-        if queue is not None:
-            queue.enqueue(torch.randn(cfg.loss.queue_size, teacher.embed_dim))  # full, as in a long run
+        for fifo in (queue, getattr(method, "student_queue", None)):  # full, as in a long run (2q has two)
+            if fifo is not None:
+                fifo.enqueue(torch.randn(cfg.loss.queue_size, teacher.embed_dim))
         objectives[name] = DistillObjective(teacher, student, method, queue)
     return objectives
 
