@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, write_config  # noqa: E402
+from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, split_teachers, write_config  # noqa: E402
 from ssl_kd.config import Config  # noqa: E402
 from ssl_kd.data import resolve_data_config  # noqa: E402
 from ssl_kd.distill import build_student, distill, method_names  # noqa: E402
@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, or 'all' (default {DEFAULT_METHODS})")
     parser.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 per method (default 3)")
-    parser.add_argument("--teacher", metavar="PATH")
+    parser.add_argument("--teacher", metavar="PATH", action="append",
+                        help="teacher checkpoint; repeat it for several teachers (the rest go to teacher.extra; no commas in paths)")
     parser.add_argument("--teacher-arch", metavar="NAME")
     parser.add_argument("--data", metavar="NAME")
     parser.add_argument("--data-root", metavar="DIR")
@@ -48,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, metavar="N")
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/compare)")
     add_config_arguments(parser)
-    return parser.parse_intermixed_args(argv)
+    return split_teachers(parser.parse_intermixed_args(argv))
 
 
 def chosen_methods(text: str) -> list[str]:
@@ -108,7 +109,7 @@ def run_one(cfg: Config, inputs, method: str, seed: int, out: Path, evaluate) ->
         return json.loads(result_path.read_text())
     print(f"{method} seed {seed}: distilling {cfg.train.epochs} epochs")
     started = time.time()
-    run = distill(run_cfg, inputs.teacher, Path(run_cfg.out))
+    run = distill(run_cfg, inputs.teacher, Path(run_cfg.out), inputs.extra_teachers)
     result = {k: v for k, v in evaluate(run.student, method).items() if k in ("knn_top1", "knn_top5", "linear_top1")}
     result.update(train_seconds=run.train_seconds, wall_seconds=round(time.time() - started, 1))
     result_path.write_text(json.dumps(result, indent=2))

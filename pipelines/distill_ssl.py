@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, write_config  # noqa: E402
+from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, split_teachers, write_config  # noqa: E402
 from ssl_kd.config import Config, to_dict  # noqa: E402
 from ssl_kd.data import resolve_data_config  # noqa: E402
 from ssl_kd.distill import method_names, distill  # noqa: E402
@@ -36,8 +36,11 @@ FLAGS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (.pth/.tar/.safetensors; layout detected, "
-                        "see python -m ssl_kd.teachers inspect FILE) or timm:NAME.TAG (downloads); default: the embedded digits teacher")
+    parser.add_argument("--teacher", metavar="PATH", action="append",
+                        help="teacher checkpoint (.pth/.tar/.safetensors; layout detected, "
+                        "see python -m ssl_kd.teachers inspect FILE) or timm:NAME.TAG (downloads); default: the embedded digits teacher. "
+                        "Repeat it to distil several teachers at once (the first is the primary; the others go to teacher.extra, "
+                        "each with its own projector, queue and teacher.weights entry; paths with commas are not supported)")
     parser.add_argument("--teacher-arch", metavar="NAME", help="timm name of the teacher, for checkpoints that do not say it (e.g. resnet50)")
     parser.add_argument("--teacher-format", metavar="NAME", help="force the checkpoint layout instead of detecting it (auto)")
     parser.add_argument("--trust-checkpoint", action="store_true", default=None,
@@ -50,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, metavar="N")
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/default)")
     add_config_arguments(parser)
-    return parser.parse_intermixed_args(argv)
+    return split_teachers(parser.parse_intermixed_args(argv))
 
 
 def main(argv=None) -> dict:
@@ -64,9 +67,11 @@ def main(argv=None) -> dict:
     teacher = inputs.teacher
     logits = ", with logits" if teacher.has_logits else ""
     print(f"teacher: {teacher.arch} ({teacher.format} checkpoint {inputs.teacher_path}), {teacher.embed_dim}-d features{logits}")
+    for k, (extra, path) in enumerate(zip(inputs.extra_teachers, inputs.extra_paths), start=2):
+        print(f"teacher {k}: {extra.arch} ({extra.format} checkpoint {path}), {extra.embed_dim}-d features")
 
     print(f"distilling into {cfg.student.arch} with {cfg.loss.method} for {cfg.train.epochs} epochs on {cfg.data.name} ({inputs.device})")
-    run = distill(cfg, teacher, out)
+    run = distill(cfg, teacher, out, inputs.extra_teachers)
 
     print("evaluating teacher, student and baselines")
     report = evaluate_all(cfg, inputs, run.student)

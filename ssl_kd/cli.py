@@ -20,6 +20,15 @@ def config_from_args(args: argparse.Namespace, flag_keys: dict[str, str], schema
     return load_config(args.config, flag_overrides + list(args.overrides), schema=schema)
 
 
+def split_teachers(args: argparse.Namespace) -> argparse.Namespace:
+    """`--teacher A --teacher B ...`: A is teacher.path, the rest the override teacher.extra=[B,...]."""
+    if args.teacher:
+        args.teacher, extra = args.teacher[0], args.teacher[1:]
+        if extra:
+            args.overrides = [f"teacher.extra=[{','.join(extra)}]", *args.overrides]
+    return args
+
+
 def write_config(cfg, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))

@@ -52,6 +52,8 @@ class TeacherConfig:
     format: str = "auto"  # checkpoint layout; auto detects it (python -m ssl_kd.teachers inspect FILE shows the choice)
     trust_checkpoint: bool = False  # full unpickle of files that pickle foreign classes: only for trusted sources
     image_size: Optional[int] = None  # side the teacher sees; None: the data's (inputs are resized to an int)
+    extra: list[str] = field(default_factory=list)  # more teachers (--teacher repeated); arch from the file or its shapes
+    weights: list[float] = field(default_factory=list)  # loss weight per teacher, primary first; empty: 1.0 each
 
 
 @dataclass

@@ -18,6 +18,7 @@ from torch.nn.parameter import UninitializedParameter
 
 from .config import Config, to_dict
 from .data import build_dataset, make_loader, views_transform
+from .embeddings import Embeddings
 from .errors import UserError
 from .losses import METHODS, build_method
 from .losses.base import MethodDims, StepContext
@@ -29,45 +30,85 @@ from .teachers import Teacher
 
 
 class DistillObjective(nn.Module):
-    """One step: teacher and student embed all views; the method turns them into a loss."""
+    """One step: the teachers and the student embed all views; each teacher's method turns them into
+    a loss, and the loss is their weighted sum.
 
-    def __init__(self, teacher: Teacher, student: Student, method: nn.Module, queue: MomentumQueue | None):
+    The primary teacher's method and queue keep the keys "method" and "queue" (old checkpoints still
+    resume); additional teacher k (`extra`: (teacher, method, queue) triples, k = 1, 2, ...) gets
+    "method_k" / "queue_k", the student's `extra_projectors[k - 1]`, and logged parts prefixed "tk/".
+    With one teacher it is exactly the single-teacher objective.
+    """
+
+    def __init__(self, teacher: Teacher, student: Student, method: nn.Module, queue: MomentumQueue | None,
+                 extra: list[tuple[Teacher, nn.Module, MomentumQueue | None]] = (), weights: list[float] | None = None):
         super().__init__()
         self.teacher = teacher  # frozen; not part of `trainable`, so never optimized nor checkpointed
+        self.extra_teachers = nn.ModuleList(t for t, _, _ in extra)  # frozen too
         parts = {"student": student, "method": method}
         if queue is not None:
             parts["queue"] = queue
+        for k, (_, extra_method, extra_queue) in enumerate(extra, start=1):
+            parts[f"method_{k}"] = extra_method
+            if extra_queue is not None:
+                parts[f"queue_{k}"] = extra_queue
         self.trainable = nn.ModuleDict(parts)
-        method.bind_student(student)
-        self._step: tuple | None = None
+        self.weights = list(weights) if weights else [1.0] * (1 + len(extra))
+        for _, m in self._methods():
+            m.bind_student(student)
+        self._step: tuple | None = None  # the primary's (student, teacher, ctx) of the last forward
+        self._extra_step: list[tuple] = []  # (student, teacher) per extra teacher
 
     @property
     def student(self) -> Student:
         return self.trainable["student"]
 
+    def _keys(self, k: int) -> tuple[str, str]:
+        return ("method", "queue") if k == 0 else (f"method_{k}", f"queue_{k}")
+
+    def _methods(self) -> list[tuple[int, nn.Module]]:
+        return [(k, self.trainable[self._keys(k)[0]]) for k in range(1 + len(self.extra_teachers))]
+
+    def _teacher(self, k: int) -> Teacher:
+        return self.teacher if k == 0 else self.extra_teachers[k - 1]
+
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict:
-        method = self.trainable["method"]
-        views = method.batch_transform(views)
+        methods = self._methods()
+        views = methods[0][1].batch_transform(views)  # the primary method's (STKD's mixup) applies to all
         images = torch.cat(views)
-        maps = getattr(method, "needs_maps", False)  # FitNet, SP: the backbones' stage maps too
+        maps = any(getattr(m, "needs_maps", False) for _, m in methods)  # FitNet, SP: the backbones' stage maps too
         with torch.no_grad():
-            teacher_out = self.teacher(images, maps=maps)
-        student_out = self.student(images, maps=maps)
+            teacher_outs = [self._teacher(k)(images, maps=maps) for k, _ in methods]
+        student_out = self.student(images, maps=maps)  # one student pass; the primary's embedding comes with it
         ctx = StepContext(num_views=len(views), index=index, images=images)
-        queue = self.trainable["queue"].get() if "queue" in self.trainable else None
-        out = method(student_out, teacher_out, queue, ctx)
-        self._step = (student_out, teacher_out, ctx)
+        out, total, step = {}, 0.0, []
+        for k, method in methods:
+            s_out = student_out if k == 0 else Embeddings(feat=student_out.feat, emb=self.student.project(student_out.feat, k),
+                                                          maps=student_out.maps)
+            queue_key = self._keys(k)[1]
+            queue = self.trainable[queue_key].get() if queue_key in self.trainable else None
+            parts = method(s_out, teacher_outs[k], queue, ctx)
+            total = total + self.weights[k] * parts["loss"]
+            prefix = "" if k == 0 else f"t{k}/"
+            out.update({f"{prefix}{name}": value for name, value in parts.items()})
+            step.append((s_out, teacher_outs[k]))
+        if len(methods) > 1:
+            out["t0/loss"] = out["loss"]
+            out["loss"] = total
+        self._step = (*step[0], ctx)  # the primary's (student, teacher, ctx), as with one teacher
+        self._extra_step = step[1:]
         return out
 
     def after_step(self) -> None:
         """After the optimizer step: enqueue (the queue's rows took part in this step's graph) and let
-        the method update its own state."""
+        each method update its own state."""
         student_out, teacher_out, ctx = self._step
-        method = self.trainable["method"]
-        if "queue" in self.trainable:
-            self.trainable["queue"].enqueue(method.queue_items(teacher_out).detach())
-        method.after_step(student_out, teacher_out, ctx)
-        self._step = None
+        step = [(student_out, teacher_out), *self._extra_step]
+        for (k, method), (student_out, teacher_out) in zip(self._methods(), step):
+            queue_key = self._keys(k)[1]
+            if queue_key in self.trainable:
+                self.trainable[queue_key].enqueue(method.queue_items(teacher_out).detach())
+            method.after_step(student_out, teacher_out, ctx)
+        self._step, self._extra_step = None, []
 
 
 @dataclass
@@ -89,40 +130,56 @@ def method_names() -> list[str]:
     return sorted([*METHODS, SSL_SCRATCH])
 
 
-def build_student(cfg: Config, teacher: Teacher) -> Student:
+def build_student(cfg: Config, teacher: Teacher, extra_teachers: list[Teacher] = ()) -> Student:
     """The student, initialised from `student.init_seed` (the random-init baseline uses the same call)."""
-    return Student(cfg.student, teacher.embed_dim, teacher.mean.flatten().tolist(), teacher.std.flatten().tolist())
+    return Student(cfg.student, teacher.embed_dim, teacher.mean.flatten().tolist(), teacher.std.flatten().tolist(),
+                   extra_dims=tuple(t.embed_dim for t in extra_teachers))
 
 
-def distill(cfg: Config, teacher: Teacher, run_dir: Path) -> DistillResult:
+def distill(cfg: Config, teacher: Teacher, run_dir: Path, extra_teachers: list[Teacher] = ()) -> DistillResult:
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
     loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
-    student = build_student(cfg, teacher)
-    objective = build_objective(cfg, teacher, student, len(dataset))
+    student = build_student(cfg, teacher, extra_teachers)
+    objective = build_objective(cfg, teacher, student, len(dataset), extra_teachers)
     result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device)
     export = export_student(student, Path(run_dir))
     return DistillResult(student=student, fit=result, export_path=export)
 
 
-def build_objective(cfg: Config, teacher: Teacher, student: Student, num_samples: int) -> nn.Module:
+def teacher_weights(cfg: Config, num_teachers: int) -> list[float]:
+    weights = [float(w) for w in cfg.teacher.weights] or [1.0] * num_teachers
+    if len(weights) != num_teachers:
+        raise UserError(f"teacher.weights has {len(weights)} values but there are {num_teachers} teachers; give one per teacher, primary first")
+    return weights
+
+
+def build_objective(cfg: Config, teacher: Teacher, student: Student, num_samples: int, extra_teachers: list[Teacher] = ()) -> nn.Module:
     """The distillation objective for `cfg.loss.method`, or SimCLR on the student for `ssl_scratch`."""
     if cfg.loss.method not in method_names():
         raise UserError(f"unknown method '{cfg.loss.method}'; choose one of: {', '.join(method_names())} (--method / loss.method)")
+    weights = teacher_weights(cfg, 1 + len(extra_teachers))
     if cfg.loss.method == SSL_SCRATCH:
         if getattr(cfg.data, "views", "crops") != "crops":
             raise UserError("ssl_scratch trains SimCLR on two crops; set data.views=crops")  # same data, views and budget; the teacher only takes part in the report
         return SimCLRObjective(student.backbone, student.mean.flatten().tolist(), student.std.flatten().tolist())
+    parts = [_method_for(cfg, t, student, num_samples) for t in (teacher, *extra_teachers)]
+    (method, queue), extra = parts[0], [(t, m, q) for t, (m, q) in zip(extra_teachers, parts[1:])]
+    objective = DistillObjective(teacher, student, method, queue, extra=extra, weights=weights)
+    materialize_lazy_modules(objective, cfg)
+    return objective
+
+
+def _method_for(cfg: Config, teacher: Teacher, student: Student, num_samples: int) -> tuple[nn.Module, MomentumQueue | None]:
+    """One teacher's method instance (sized to that teacher) and its momentum queue, if it needs one."""
     num_classes = getattr(teacher.backbone, "num_classes", 0) if getattr(teacher, "has_logits", False) else 0
     dims = MethodDims(student_dim=student.feat_dim, teacher_dim=teacher.embed_dim, num_samples=num_samples, num_classes=num_classes)
     method = build_method(cfg.loss, dims)
     if method.needs_logits and not num_classes:
         raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")
     queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
-    objective = DistillObjective(teacher, student, method, queue)
-    materialize_lazy_modules(objective, cfg)
-    return objective
+    return method, queue
 
 
 def materialize_lazy_modules(objective: DistillObjective, cfg: Config) -> None:
@@ -137,7 +194,7 @@ def materialize_lazy_modules(objective: DistillObjective, cfg: Config) -> None:
     with torch.no_grad():
         objective(blank, torch.zeros(2, dtype=torch.long, device=device))
     objective.train()
-    objective._step = None
+    objective._step, objective._extra_step = None, []
 
 
 def export_student(student: Student, run_dir: Path) -> Path:

@@ -7,7 +7,7 @@ baselines with one protocol, describe the machine.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,6 +28,8 @@ class JobInputs:
     train_eval: torch.utils.data.Dataset  # train split, eval transform (k-NN bank, probe training set)
     test_eval: torch.utils.data.Dataset  # test split, eval transform (queries)
     device: torch.device
+    extra_teachers: list[Teacher] = field(default_factory=list)  # --teacher repeated (teacher.extra)
+    extra_paths: list[str] = field(default_factory=list)
 
 
 def load_inputs(cfg: Config) -> JobInputs:
@@ -38,7 +40,10 @@ def load_inputs(cfg: Config) -> JobInputs:
     teacher_path = str(cfg.teacher.path or default_teacher(cfg.data.name))
     teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
                            image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
-    return JobInputs(teacher, teacher_path, train_eval, test_eval, device)
+    extra_paths = [str(p) for p in cfg.teacher.extra]  # arch and layout from each file (teacher.arch/format are the primary's)
+    extra = [load_teacher(p, trust=cfg.teacher.trust_checkpoint, image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
+             for p in extra_paths]
+    return JobInputs(teacher, teacher_path, train_eval, test_eval, device, extra, extra_paths)
 
 
 def eval_loaders(cfg: Config, inputs: JobInputs):
@@ -53,6 +58,7 @@ def evaluate_all(cfg: Config, inputs: JobInputs, student) -> dict:
     teacher = inputs.teacher
     random_student = build_student(cfg, teacher)  # same arch and init seed: the student before distillation
     models = {"teacher": teacher, "student": student, "random_student": random_student, "raw_pixels": RawPixels()}
+    models.update({f"teacher_{k}": t for k, t in enumerate(inputs.extra_teachers, start=1)})
     results = {name: evaluate_model(model, train_loader, test_loader, cfg.eval, inputs.device, name) for name, model in models.items()}
     batch = next(iter(test_loader))[0][: cfg.eval.batch_size]
     speed = images_per_second({"teacher": teacher, "student": student.backbone}, batch, inputs.device)
@@ -61,9 +67,16 @@ def evaluate_all(cfg: Config, inputs: JobInputs, student) -> dict:
     results["student"].update(arch=student.arch, params=count_parameters(student.backbone), images_per_s=speed["student"])
     results["random_student"].update(arch=student.arch, params=count_parameters(random_student.backbone))
     results["raw_pixels"].update(arch="pixels")
-    return {"teacher": results["teacher"], "student": results["student"],
-            "baselines": {"random_student": results["random_student"], "raw_pixels": results["raw_pixels"]},
-            "protocol": protocol(cfg)}
+    extra = []
+    for k, (t, path) in enumerate(zip(inputs.extra_teachers, inputs.extra_paths), start=1):
+        results[f"teacher_{k}"].update(arch=t.arch, params=count_parameters(t.backbone), source=path)
+        extra.append(results[f"teacher_{k}"])
+    report = {"teacher": results["teacher"], "student": results["student"],
+              "baselines": {"random_student": results["random_student"], "raw_pixels": results["raw_pixels"]},
+              "protocol": protocol(cfg)}
+    if extra:
+        report["extra_teachers"] = extra
+    return report
 
 
 def protocol(cfg: Config) -> dict:

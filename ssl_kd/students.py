@@ -71,13 +71,15 @@ def _use_small_stem(backbone: nn.Module, arch: str) -> None:
 
 
 class Student(nn.Module):
-    def __init__(self, cfg: StudentConfig, embed_dim: int, mean, std):
+    def __init__(self, cfg: StudentConfig, embed_dim: int, mean, std, extra_dims: tuple[int, ...] = ()):
         super().__init__()
         self.arch, self.small_stem = cfg.arch, cfg.small_stem
         with torch.random.fork_rng():
             torch.manual_seed(cfg.init_seed)
             self.backbone = create_backbone(cfg.arch, small_stem=cfg.small_stem)
             self.projector = mlp_head(self.backbone.num_features, cfg.proj_hidden, embed_dim)
+            # one projector per additional teacher (built after the primary's, so its init is unchanged)
+            self.extra_projectors = nn.ModuleList(mlp_head(self.backbone.num_features, cfg.proj_hidden, dim) for dim in extra_dims)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
@@ -87,6 +89,10 @@ class Student(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone((x - self.mean) / self.std)
+
+    def project(self, feat: torch.Tensor, k: int = 0) -> torch.Tensor:
+        """The embedding for teacher k (0: the primary's `projector`, k >= 1: `extra_projectors[k - 1]`)."""
+        return self.projector(feat) if k == 0 else self.extra_projectors[k - 1](feat)
 
     def forward(self, x: torch.Tensor, maps: bool = False) -> Embeddings:
         """`maps=True`: also the backbone's stage maps, from the same single pass."""

@@ -1,6 +1,6 @@
 """The run report: `report.json` (every number, its protocol and the config) and `report.md`.
 
-Rows: teacher, student, and the baselines (the random-init student of the same architecture and
+Rows: teacher (then "teacher 2 (<arch>)", ... for `--teacher` repeated), student, and the baselines (the random-init student of the same architecture and
 seed, i.e. the student before distillation, and raw pixels). Accuracies are percent on the test
 split; the k-NN bank and the probe's training set are the train split.
 """
@@ -33,8 +33,9 @@ def markdown_table(report: dict) -> str:
     k, temperature = report["protocol"]["knn_k"], report["protocol"]["knn_temperature"]
     header = f"| model | arch | params (M) | images/s | k-NN top-1 (k={k}, T={temperature}) | k-NN top-5 | linear top-1 |"
     lines = [header, "|---|---|---:|---:|---:|---:|---:|"]
-    for label, path in ROWS:
-        r = row(report, path)
+    extra = [(f"teacher {k} ({r.get('arch', '-')})", r) for k, r in enumerate(report.get("extra_teachers", []), start=2)]
+    rows = [(label, row(report, path)) for label, path in ROWS[:1]] + extra + [(label, row(report, path)) for label, path in ROWS[1:]]
+    for label, r in rows:
         if r is None:
             continue
         params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "-"
