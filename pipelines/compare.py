@@ -2,6 +2,7 @@
 
     python pipelines/compare.py                                   # embedded default: dlkd, seed, compress_1q, ssl_scratch x 3 seeds
     python pipelines/compare.py --methods dlkd,dlkd_align,dlkd_corr,kd,ckd --seeds 5 --epochs 20
+    python pipelines/compare.py --methods dlkd,dlkd@rotations            # DLKD's four-rotation input vs two crops
     python pipelines/compare.py --methods all --teacher moco_v2.pth --data imagefolder --data-root DIR
 
 Every (method, seed) run is a normal distillation run in OUT/<method>/seed<N>/ (resumable; a run
@@ -37,7 +38,7 @@ FLAGS = {"teacher": "teacher.path", "teacher_arch": "teacher.arch", "data": "dat
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, or 'all' (default {DEFAULT_METHODS})")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, or 'all' (default {DEFAULT_METHODS}); NAME@rotations runs NAME on data.views=rotations")
     parser.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1 per method (default 3)")
     parser.add_argument("--teacher", metavar="PATH", action="append",
                         help="teacher checkpoint; repeat it for several teachers (the rest go to teacher.extra; no commas in paths)")
@@ -52,9 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return split_teachers(parser.parse_intermixed_args(argv))
 
 
+VIEW_SUFFIX = "@"  # "dlkd@rotations": the method with data.views=rotations (DLKD's four-rotation input)
+
+
 def chosen_methods(text: str) -> list[str]:
     names = method_names() if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in method_names()]
+    unknown = [name for name in names if name.partition(VIEW_SUFFIX)[0] not in method_names()
+               or name.partition(VIEW_SUFFIX)[2] not in ("", "crops", "rotations")]
     if unknown or not names:
         raise UserError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(method_names())}, or all")
     return names
@@ -94,9 +99,13 @@ def main(argv=None) -> dict:
 
 
 def seeded(cfg: Config, method: str, seed: int, out: Path) -> Config:
-    """The base config for one run: the method, the seed for data order, augmentation and student init."""
+    """The base config for one run: the method (`name@views` also sets data.views), the seed for data
+    order, augmentation and student init."""
     run = copy.deepcopy(cfg)
-    run.loss.method, run.train.seed, run.student.init_seed = method, seed, seed
+    name, _, views = method.partition(VIEW_SUFFIX)
+    run.loss.method, run.train.seed, run.student.init_seed = name, seed, seed
+    if views:
+        run.data.views = views
     run.out = str(out / method / f"seed{seed}")
     return run
 
