@@ -98,12 +98,12 @@ class MomentumStudent(nn.Module):
         theirs = dict(online.named_parameters()) | dict(online.named_buffers())
         if mine.keys() != theirs.keys():
             raise ValueError("the momentum copy and the online module have different parameters")
+        floats = [name for name, ema in mine.items() if ema.is_floating_point()]
+        if floats:  # one fused lerp over all tensors: ema + (1 - m) * (theta - ema)
+            torch._foreach_lerp_([mine[n] for n in floats], [theirs[n].detach().to(mine[n].dtype) for n in floats], 1.0 - momentum)
         for name, ema in mine.items():
-            value = theirs[name].detach()
-            if ema.is_floating_point():
-                ema.mul_(momentum).add_(value.to(ema.dtype), alpha=1.0 - momentum)
-            else:
-                ema.copy_(value)
+            if not ema.is_floating_point():
+                ema.copy_(theirs[name].detach())
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):
