@@ -29,7 +29,7 @@ from ssl_kd.distill import build_student, distill, method_names  # noqa: E402
 from ssl_kd.errors import UserError, cli_main  # noqa: E402
 from ssl_kd.evaluation.compare import aggregate, markdown, write  # noqa: E402
 from ssl_kd.evaluation.suite import RawPixels, evaluate_model  # noqa: E402
-from ssl_kd.job import data_summary, eval_loaders, load_inputs, machine_description, protocol  # noqa: E402
+from ssl_kd.job import data_summary, eval_loaders, knn_monitor, load_inputs, machine_description, protocol  # noqa: E402
 
 DEFAULT_METHODS = "dlkd,seed,compress_1q,ssl_scratch"
 FLAGS = {"teacher": "teacher.path", "teacher_arch": "teacher.arch", "data": "data.name", "data_root": "data.root",
@@ -118,7 +118,7 @@ def run_one(cfg: Config, inputs, method: str, seed: int, out: Path, evaluate) ->
         return json.loads(result_path.read_text())
     print(f"{method} seed {seed}: distilling {cfg.train.epochs} epochs")
     started = time.time()
-    run = distill(run_cfg, inputs.teacher, Path(run_cfg.out), inputs.extra_teachers)
+    run = distill(run_cfg, inputs.teacher, Path(run_cfg.out), inputs.extra_teachers, monitor=knn_monitor(run_cfg, inputs))
     result = {k: v for k, v in evaluate(run.student, method).items() if k in ("knn_top1", "knn_top5", "linear_top1")}
     result.update(train_seconds=run.train_seconds, wall_seconds=round(time.time() - started, 1))
     result_path.write_text(json.dumps(result, indent=2))

@@ -25,7 +25,7 @@ from ssl_kd.data import resolve_data_config  # noqa: E402
 from ssl_kd.distill import method_names, distill  # noqa: E402
 from ssl_kd.errors import cli_main  # noqa: E402
 from ssl_kd.evaluation.report import markdown_table, summary_lines, write_report  # noqa: E402
-from ssl_kd.job import data_summary, evaluate_all, load_inputs, machine_description  # noqa: E402
+from ssl_kd.job import data_summary, evaluate_all, knn_monitor, load_inputs, machine_description  # noqa: E402
 
 FLAGS = {
     "teacher": "teacher.path", "teacher_arch": "teacher.arch", "teacher_format": "teacher.format",
@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
         print(f"teacher {k}: {extra.arch} ({extra.format} checkpoint {path}), {extra.embed_dim}-d features")
 
     print(f"distilling into {cfg.student.arch} with {cfg.loss.method} for {cfg.train.epochs} epochs on {cfg.data.name} ({inputs.device})")
-    run = distill(cfg, teacher, out, inputs.extra_teachers)
+    run = distill(cfg, teacher, out, inputs.extra_teachers, monitor=knn_monitor(cfg, inputs))
 
     print("evaluating teacher, student and baselines")
     report = evaluate_all(cfg, inputs, run.student)

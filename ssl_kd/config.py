@@ -177,6 +177,8 @@ class EvalConfig:
     knn_temperature: float = 0.07
     linear_probe: bool = True
     batch_size: int = 256
+    monitor_every: int = 2  # student k-NN top-1 on the test split every N epochs (and the last), in metrics.jsonl; 0 = never
+    cache_dir: Optional[str] = None  # feature cache for evaluation (keyed by weights + data + transform); None = no cache
 
 
 @dataclass

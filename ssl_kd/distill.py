@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -136,14 +137,18 @@ def build_student(cfg: Config, teacher: Teacher, extra_teachers: list[Teacher] =
                    extra_dims=tuple(t.embed_dim for t in extra_teachers))
 
 
-def distill(cfg: Config, teacher: Teacher, run_dir: Path, extra_teachers: list[Teacher] = ()) -> DistillResult:
+def distill(cfg: Config, teacher: Teacher, run_dir: Path, extra_teachers: list[Teacher] = (),
+            monitor: Callable[[nn.Module, int], dict] | None = None) -> DistillResult:
+    """Train the student on `cfg`, export it. `monitor(student, epoch)` runs after every epoch and its
+    numbers join that epoch's summary in metrics.jsonl (see `ssl_kd.job.knn_monitor`)."""
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
     loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
     student = build_student(cfg, teacher, extra_teachers)
     objective = build_objective(cfg, teacher, student, len(dataset), extra_teachers)
-    result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device)
+    on_epoch_end = (lambda epoch: monitor(student, epoch)) if monitor is not None else None
+    result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device, on_epoch_end=on_epoch_end)
     export = export_student(student, Path(run_dir))
     return DistillResult(student=student, fit=result, export_path=export)
 

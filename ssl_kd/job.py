@@ -16,6 +16,8 @@ from .config import Config
 from .data import build_dataset, eval_transform, make_loader
 from .defaults import default_teacher
 from .distill import build_student
+from .evaluation.knn import knn_classify
+from .features import extract_features
 from .evaluation.suite import RawPixels, count_parameters, evaluate_model, images_per_second
 from .loop import resolve_device
 from .teachers import Teacher, load_teacher
@@ -50,6 +52,27 @@ def eval_loaders(cfg: Config, inputs: JobInputs):
     train = make_loader(inputs.train_eval, cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
     test = make_loader(inputs.test_eval, cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
     return train, test
+
+
+def knn_monitor(cfg: Config, inputs: JobInputs):
+    """`monitor(student, epoch)` for `distill`: the student's weighted k-NN top-1 on the test split (k and T
+    of the protocol, train split as the bank) every `eval.monitor_every` epochs and after the last one, as
+    {"knn_top1": percent}; None when `eval.monitor_every` is 0. It draws nothing from torch's global random
+    generator, so a monitored run trains exactly as an unmonitored one."""
+    every = cfg.eval.monitor_every
+    if every <= 0:
+        return None
+    train_loader, test_loader = eval_loaders(cfg, inputs)
+
+    def monitor(student, epoch: int) -> dict:
+        if epoch % every and epoch != cfg.train.epochs:
+            return {}
+        train_feats, train_labels = extract_features(student, train_loader, device=inputs.device, progress=False)
+        test_feats, test_labels = extract_features(student, test_loader, device=inputs.device, progress=False)
+        knn = knn_classify(train_feats, train_labels, test_feats, test_labels, ks=(cfg.eval.knn_k,), temperature=cfg.eval.knn_temperature)
+        return {"knn_top1": round(knn.top1, 3)}
+
+    return monitor
 
 
 def evaluate_all(cfg: Config, inputs: JobInputs, student) -> dict:

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -80,7 +81,10 @@ def build_optimizer(trainable: nn.Module, cfg: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_dict: dict, device: torch.device) -> FitResult:
+def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_dict: dict, device: torch.device,
+        on_epoch_end: Callable[[int], dict] | None = None) -> FitResult:
+    """Train `objective` for `cfg.epochs` (resuming from the run's last checkpoint). `on_epoch_end(epoch)`
+    (1-based) may return numbers to add to that epoch's summary, e.g. the student's k-NN accuracy."""
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
     objective.to(device)
@@ -103,6 +107,8 @@ def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_di
             loader.generator.manual_seed(cfg.seed + epoch)  # the epoch's order depends only on (seed, epoch)
         summary = _run_epoch(objective, loader, optimizer, scaler, schedule, autocast, cfg, epoch, step, run_dir, device, checkpoint_path)
         step += steps_per_epoch
+        if on_epoch_end is not None:
+            summary.update(on_epoch_end(epoch + 1))
         result.steps, result.history = step, result.history + [summary]
         _append_metrics(run_dir, summary)
         _log(_epoch_line(summary, cfg.epochs))
