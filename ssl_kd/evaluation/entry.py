@@ -1,0 +1,126 @@
+"""What the `eval/` entry points share: one model argument, the data, features of both splits, the output.
+
+    python eval/knn.py runs/default                                   # a distilled student (its run's data)
+    python eval/knn.py moco_v2_800ep_pretrain.pth.tar --data imagefolder --data-root /data/imagenet
+
+MODEL is a run directory, a `student_timm.pth`, a teacher checkpoint of any layout `load_teacher`
+reads, or `timm:NAME.TAG`; the same command measures a teacher and a student. The data: `--data` /
+`--data-root` / `--image-size`, else the run's own `config.yaml` (next to the model), else digits.
+Features come from the deterministic eval transform, L2-normalized, and are cached on disk under
+`--cache-dir` (keyed by weights + data + transform), so k-NN, retrieval and the probe of one model
+extract them once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from ..config import Config, DataConfig, load_config
+from ..data import build_dataset, eval_transform, resolve_data_config
+from ..errors import UserError
+from ..features import CACHE_DTYPES, cached_features
+from ..loop import resolve_device
+from ..teachers import Teacher
+from .models import load_eval_model
+
+DEFAULT_CACHE = "runs/feature-cache"
+
+
+@dataclass
+class EvalInputs:
+    model: Teacher
+    name: str
+    data: DataConfig
+    train: torch.utils.data.Dataset  # the k-NN bank / retrieval database / probe training set (eval transform)
+    test: torch.utils.data.Dataset  # the queries
+    device: torch.device
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.test.classes)
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="run directory, student_timm.pth, teacher checkpoint (any layout) or timm:NAME.TAG")
+    parser.add_argument("--arch", metavar="NAME", help="timm name, for teacher checkpoints that do not say it")
+    parser.add_argument("--format", default="auto", metavar="NAME", help="force the checkpoint layout (default: detect)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help="allow a full unpickle of a trusted file")
+    parser.add_argument("--data", metavar="NAME",
+                        help="digits | cifar10 | cifar100 | stl10 | imagefolder (default: the run's, else digits)")
+    parser.add_argument("--data-root", metavar="DIR", help="dataset folder (torchvision download target or an ImageFolder)")
+    parser.add_argument("--image-size", type=int, metavar="PX", help="side the model sees (default: the dataset's)")
+    parser.add_argument("--subset", type=int, metavar="N", help="only the first N images of each split (quick looks)")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="N")
+    parser.add_argument("--num-workers", type=int, default=2, metavar="N")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE, metavar="DIR",
+                        help=f"feature cache (default {DEFAULT_CACHE}); 'none' disables it")
+    parser.add_argument("--cache-dtype", default="float32", choices=CACHE_DTYPES, help="float16 halves the cache on disk")
+    parser.add_argument("--out", metavar="FILE.json", help="also write every number to this JSON file")
+
+
+def run_config_for(model: str) -> Config | None:
+    """The config.yaml of the run that `model` belongs to (a run directory or a file inside one), if any."""
+    path = Path(model)
+    for folder in (path, path.parent):
+        if (folder / "config.yaml").is_file() and (folder / "student_timm.pth").exists():
+            return load_config(str(folder / "config.yaml"))
+    return None
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    run = run_config_for(args.model) if not str(args.model).startswith("timm:") else None
+    data = run.data if run is not None and args.data is None else DataConfig(name=args.data or "digits")
+    data = replace(data, num_workers=args.num_workers)
+    for key, value in (("root", args.data_root), ("image_size", args.image_size), ("subset", args.subset)):
+        if value is not None:
+            data = replace(data, **{key: value})
+    return resolve_data_config(data)
+
+
+def load_eval_inputs(args: argparse.Namespace) -> EvalInputs:
+    """Data first (a bad folder fails fast), then the model, moved to the device."""
+    data = data_config(args)
+    transform = eval_transform(data)
+    train, test = build_dataset(data, "train", transform), build_dataset(data, "test", transform)
+    device = resolve_device(args.device)
+    model = load_eval_model(args.model, arch=args.arch, format=args.format, trust=args.trust_checkpoint).to(device)
+    return EvalInputs(model, Path(str(args.model)).name or str(args.model), data, train, test, device)
+
+
+def split_features(inputs: EvalInputs, args: argparse.Namespace):
+    """(train feats, train labels, test feats, test labels), L2-normalized, from the cache when it has them."""
+    cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
+    out = []
+    for split, dataset in (("train", inputs.train), ("test", inputs.test)):
+        out += cached_features(inputs.model, dataset, cache_dir=cache, batch_size=args.batch_size, num_workers=args.num_workers,
+                               device=inputs.device, dtype=args.cache_dtype, desc=f"features ({split})")
+    return tuple(out)
+
+
+def parse_ks(text: str) -> list[int]:
+    """"20,1,10" -> [20, 1, 10] (the --ks flags)."""
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise UserError(f"--ks must be comma-separated positive integers such as 20,1,10,50, got '{text}'")
+    return ks
+
+
+def describe(inputs: EvalInputs) -> dict:
+    return {"model": inputs.name, "arch": inputs.model.arch, "format": inputs.model.format, "data": inputs.data.name,
+            "image_size": inputs.data.image_size, "train": len(inputs.train), "test": len(inputs.test)}
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {path}")
