@@ -5,7 +5,8 @@
         --data imagefolder --data-root /data/imagenet --student resnet18 --epochs 100 --out runs/r18
 
 Output directory: config.yaml, metrics.jsonl, checkpoints/last.pt (the run resumes from it),
-student_timm.pth + student_timm.json (a plain timm state dict), report.json and report.md.
+student_timm.pth + student_timm.json (a plain timm state dict), report.json, report.md and the figures
+(loss_curves.png, knn_over_epochs.png, features_student.png).
 Any config key can be set as key.sub=value (see configs/digits-default.yaml); exit status 2 with
 one line on bad input.
 """
@@ -24,8 +25,8 @@ from ssl_kd.config import Config, to_dict  # noqa: E402
 from ssl_kd.data import resolve_data_config  # noqa: E402
 from ssl_kd.distill import method_names, distill  # noqa: E402
 from ssl_kd.errors import cli_main  # noqa: E402
-from ssl_kd.evaluation.report import markdown_table, summary_lines, write_report  # noqa: E402
-from ssl_kd.job import data_summary, evaluate_all, knn_monitor, load_inputs, machine_description  # noqa: E402
+from ssl_kd.evaluation.report import markdown_table, summary_lines, write_figures, write_report  # noqa: E402
+from ssl_kd.job import data_summary, evaluate_all, knn_monitor, load_inputs, machine_description, test_features  # noqa: E402
 
 FLAGS = {
     "teacher": "teacher.path", "teacher_arch": "teacher.arch", "teacher_format": "teacher.format",
@@ -82,7 +83,9 @@ def main(argv=None) -> dict:
                   "final": run.fit.history[-1] if run.fit.history else {}},
         total_seconds=round(time.time() - started, 1),
     )
-    json_path, md_path = write_report(out, report)
+    figures = write_figures(out, {"student": out / "metrics.jsonl"}, teacher_top1=report["teacher"]["knn_top1"],
+                            features={"student": test_features(cfg, inputs, run.student)})
+    json_path, md_path = write_report(out, report, figures)
     print("\n" + markdown_table(report) + "\n")
     for line in summary_lines(report):
         print(f"- {line}")

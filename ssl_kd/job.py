@@ -75,8 +75,15 @@ def knn_monitor(cfg: Config, inputs: JobInputs):
     return monitor
 
 
+def test_features(cfg: Config, inputs: JobInputs, model) -> tuple:
+    """(features, labels, class names) of the test split, for the feature scatter of the report."""
+    _, test_loader = eval_loaders(cfg, inputs)
+    feats, labels = extract_features(model, test_loader, device=inputs.device, progress=False)
+    return feats, labels, list(inputs.test_eval.classes)
+
+
 def evaluate_all(cfg: Config, inputs: JobInputs, student) -> dict:
-    """k-NN and linear probe of teacher, student, the random-init student and raw pixels; sizes and speeds."""
+    """k-NN, retrieval and linear probe of teacher, student, the random-init student and raw pixels; sizes and speeds."""
     train_loader, test_loader = eval_loaders(cfg, inputs)
     teacher = inputs.teacher
     random_student = build_student(cfg, teacher)  # same arch and init seed: the student before distillation
@@ -107,6 +114,8 @@ def protocol(cfg: Config) -> dict:
         "knn_k": cfg.eval.knn_k, "knn_temperature": cfg.eval.knn_temperature,
         "knn": f"weighted k-NN (k={cfg.eval.knn_k}, T={cfg.eval.knn_temperature}) on L2-normalized backbone features, train split as the bank",
         "linear": "linear probe: logistic regression (L-BFGS) on cached features, weight decay chosen on 20% of train",
+        "retrieval": "retrieval: test queries against the train split by cosine similarity, same class = relevant; "
+                     "recall@K = a relevant item among the K nearest (metric-learning convention), MAP@R (Musgrave et al. 2020)",
     }
 
 

@@ -97,14 +97,15 @@ def plot_loss_curves(runs: Mapping[str, list[dict]], path: str | Path) -> Path:
 
     `runs[label]` is that run's records: a flat list (steps and summaries mixed, as in metrics.jsonl)
     or the pair returned by `read_metrics`. Step records are used; a run without any falls back to
-    its epoch summaries.
+    its epoch summaries, and so does a run with no more step records than summaries (a short run).
     """
     curves = {}
     for label, records in runs.items():
         steps, summaries = _split(records)
-        chosen = [r for r in (steps or summaries) if "loss" in r and "step" in r]
+        per_step = len(steps) > len(summaries)  # a short run may log fewer steps than it has epochs
+        chosen = [r for r in (steps if per_step else summaries) if "loss" in r and "step" in r]
         if chosen:
-            curves[label] = (chosen, bool(steps))
+            curves[label] = (chosen, per_step)
     parts = _loss_parts(next(iter(curves.values()))[0]) if len(curves) == 1 else []
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2 if parts else 1, figsize=(11 if parts else 6.5, 4), squeeze=False)
@@ -123,7 +124,7 @@ def plot_loss_curves(runs: Mapping[str, list[dict]], path: str | Path) -> Path:
         records = next(iter(curves.values()))[0]
         for name in parts:
             points = [(r["step"], r[name]) for r in records if isinstance(r.get(name), (int, float))]
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=None if len(points) > 30 else "o", markersize=3, label=name)
         ax.set_xlabel("step")
         ax.set_title(f"loss parts: {next(iter(curves))}")
         ax.grid(alpha=0.3)

@@ -1,8 +1,14 @@
-"""The run report: `report.json` (every number, its protocol and the config) and `report.md`.
+"""Reports: `report.json` (every number, its protocol and the config), `report.md` and the figures.
 
-Rows: teacher (then "teacher 2 (<arch>)", ... for `--teacher` repeated), student, and the baselines (the random-init student of the same architecture and
-seed, i.e. the student before distillation, and raw pixels). Accuracies are percent on the test
-split; the k-NN bank and the probe's training set are the train split.
+One run (`write_report`, called by `pipelines/distill_ssl.py`): rows teacher (then "teacher 2 (<arch>)",
+... for `--teacher` repeated), student, and the baselines (the random-init student of the same
+architecture and seed, i.e. the student before distillation, and raw pixels). Several runs
+(`write_multi_report`, called by `eval/report.py`): the teacher(s), one student row per run, then the
+first run's baselines. Accuracies, recall@1 and MAP@R are percent on the test split; the k-NN bank,
+the retrieval database and the probe's training set are the train split.
+
+Figures (`write_figures`): loss_curves.png, knn_over_epochs.png (from metrics.jsonl) and
+features_<run>.png (a PCA or t-SNE scatter of the student's test features, coloured by class).
 """
 
 from __future__ import annotations
@@ -10,15 +16,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ROWS = (("teacher", ("teacher",)), ("student", ("student",)), ("random-init student", ("baselines", "random_student")),
-        ("raw pixels", ("baselines", "raw_pixels")))
+from .plots import plot_feature_scatter, plot_knn_over_epochs, plot_loss_curves, read_metrics
 
-
-def row(report: dict, path: tuple[str, ...]) -> dict | None:
-    node = report
-    for key in path:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
+BASELINES = (("random-init student", "random_student"), ("raw pixels", "raw_pixels"))
+COLUMNS = ("params (M)", "images/s", "k-NN top-1", "k-NN top-5", "linear top-1", "recall@1", "MAP@R")
 
 
 def gap_closed(report: dict) -> float | None:
@@ -29,20 +30,34 @@ def gap_closed(report: dict) -> float | None:
     return 100.0 * (student - random) / (teacher - random)
 
 
-def markdown_table(report: dict) -> str:
-    k, temperature = report["protocol"]["knn_k"], report["protocol"]["knn_temperature"]
-    header = f"| model | arch | params (M) | images/s | k-NN top-1 (k={k}, T={temperature}) | k-NN top-5 | linear top-1 |"
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|"]
-    extra = [(f"teacher {k} ({r.get('arch', '-')})", r) for k, r in enumerate(report.get("extra_teachers", []), start=2)]
-    rows = [(label, row(report, path)) for label, path in ROWS[:1]] + extra + [(label, row(report, path)) for label, path in ROWS[1:]]
+def report_rows(report: dict) -> list[tuple[str, dict]]:
+    """(label, numbers) of one run's report, in table order."""
+    rows = [("teacher", report["teacher"])]
+    rows += [(f"teacher {k} ({r.get('arch', '-')})", r) for k, r in enumerate(report.get("extra_teachers", []), start=2)]
+    rows.append(("student", report["student"]))
+    rows += [(label, report["baselines"][key]) for label, key in BASELINES if key in report.get("baselines", {})]
+    return rows
+
+
+def _cell(r: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
+    value = r.get(key)
+    return "-" if value is None else f"{value / scale:.{digits}f}"
+
+
+def markdown_rows(rows: list[tuple[str, dict]], protocol: dict) -> str:
+    """A Markdown table of (label, numbers) rows: model, arch, then `COLUMNS`."""
+    k, temperature = protocol["knn_k"], protocol["knn_temperature"]
+    names = [name if name != "k-NN top-1" else f"k-NN top-1 (k={k}, T={temperature})" for name in COLUMNS]
+    lines = ["| model | arch | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
     for label, r in rows:
-        if r is None:
-            continue
-        params = f"{r['params'] / 1e6:.2f}" if r.get("params") else "-"
-        speed = f"{r['images_per_s']:.0f}" if r.get("images_per_s") else "-"
-        linear = f"{r['linear_top1']:.1f}" if "linear_top1" in r else "-"
-        lines.append(f"| {label} | {r.get('arch', '-')} | {params} | {speed} | {r['knn_top1']:.1f} | {r['knn_top5']:.1f} | {linear} |")
+        cells = [_cell(r, "params", 1e6, 2), _cell(r, "images_per_s", digits=0)]
+        cells += [_cell(r, key) for key in ("knn_top1", "knn_top5", "linear_top1", "recall_at_1", "map_at_r")]
+        lines.append(f"| {label} | {r.get('arch', '-')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def markdown_table(report: dict) -> str:
+    return markdown_rows(report_rows(report), report["protocol"])
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -58,7 +73,16 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
-def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
+def protocol_line(protocol: dict) -> str:
+    return "Protocol: " + "; ".join(protocol[key] for key in ("knn", "linear", "retrieval") if key in protocol) + "."
+
+
+def figure_lines(figures: dict[str, Path], out_dir: Path) -> list[str]:
+    return [f"![{name}]({Path(path).relative_to(out_dir)})" for name, path in figures.items()]
+
+
+def write_report(out_dir: Path, report: dict, figures: dict[str, Path] | None = None) -> tuple[Path, Path]:
+    """report.json and report.md of one run (the figures, already written, are linked from the Markdown)."""
     out_dir = Path(out_dir)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     json_path.write_text(json.dumps(report, indent=2))
@@ -74,8 +98,59 @@ def write_report(out_dir: Path, report: dict) -> tuple[Path, Path]:
         "",
         *[f"- {line}" for line in summary_lines(report)],
         "",
-        f"Protocol: {report['protocol']['knn']}; {report['protocol']['linear']}.",
+        protocol_line(report["protocol"]),
+        "",
+        *figure_lines(figures or {}, out_dir),
         "",
     ]
+    md_path.write_text("\n".join(md))
+    return json_path, md_path
+
+
+def write_figures(out_dir: Path, metrics: dict[str, Path], teacher_top1: float | None = None,
+                  features: dict[str, tuple] | None = None, scatter: str = "pca") -> dict[str, Path]:
+    """loss_curves.png and knn_over_epochs.png from each run's metrics.jsonl ({label: path}), and
+    features_<label>.png for each {label: (feats, labels, class_names)}. Returns {figure name: path}."""
+    out_dir = Path(out_dir)
+    runs = {label: read_metrics(path) for label, path in metrics.items() if Path(path).is_file()}
+    figures: dict[str, Path] = {}
+    if runs:
+        figures["training loss"] = plot_loss_curves(runs, out_dir / "loss_curves.png")
+        knn = plot_knn_over_epochs({label: summaries for label, (_, summaries) in runs.items()}, out_dir / "knn_over_epochs.png",
+                                   teacher_top1=teacher_top1)
+        if knn is not None:
+            figures["student k-NN top-1 over epochs"] = knn
+    for label, (feats, labels, class_names) in (features or {}).items():
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in label)
+        figures[f"{label} test features ({scatter.upper()})"] = plot_feature_scatter(
+            feats, labels, out_dir / f"features_{name}.png", method=scatter, class_names=class_names,
+            title=f"{label}: test features ({scatter.upper()})")
+    return figures
+
+
+def multi_report(reports: dict[str, dict]) -> dict:
+    """The combined report of several runs ({label: report.json}): rows, protocol, and every run's numbers."""
+    first = next(iter(reports.values()))
+    rows, teachers = [], set()
+    for label, report in reports.items():
+        source = report["teacher"].get("source")
+        if source not in teachers:
+            teachers.add(source)
+            rows.append((f"teacher ({report['teacher'].get('arch', '-')})", report["teacher"]))
+    rows += [(f"student: {label} ({report.get('method', '-')})", report["student"]) for label, report in reports.items()]
+    rows += [(label, first["baselines"][key]) for label, key in BASELINES if key in first.get("baselines", {})]
+    return {"rows": [{"label": label, **r} for label, r in rows], "protocol": first["protocol"], "runs": reports}
+
+
+def write_multi_report(out_dir: Path, combined: dict, figures: dict[str, Path]) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    json_path.write_text(json.dumps({key: value for key, value in combined.items()}, indent=2, default=str))
+    rows = [(r["label"], r) for r in combined["rows"]]
+    runs = [f"- {label}: {r.get('method', '-')} on {r['data']['name']}, {r['training']['epochs']} epochs, "
+            f"{r['training']['seconds']:.0f} s on {r.get('machine', '-')}" for label, r in combined["runs"].items()]
+    md = ["# ssl_kd report", "", markdown_rows(rows, combined["protocol"]), "", *runs, "", protocol_line(combined["protocol"]), "",
+          *figure_lines(figures, out_dir), ""]
     md_path.write_text("\n".join(md))
     return json_path, md_path
