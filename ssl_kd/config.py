@@ -134,13 +134,18 @@ class FitNetConfig:  # Romero et al. 2015 (RepDistiller: hint at the middle stag
 @dataclass
 class LossConfig:
     method: str = "dlkd"
-    # DLKD (ifding/DLKD; research/methods.md section 1): total = d*align + a*corr + b*contrast
-    align_weight: float = 10.0  # d
-    corr_weight: float = 20.0  # a
-    contrast_weight: float = 0.5  # b
+    # DLKD (ifding/DLKD; research/methods.md section 1): total = d*align + a*corr + b*contrast.
+    # Defaults measured on the embedded digits default (3 seeds: 98.2 +- 0.2 k-NN top-1 against 97.4 +- 0.2
+    # with the paper's ImageNet weights d=10, a=20, b=0.5 and a 4096 queue, which the ImageNet and CIFAR
+    # presets keep); README "Choosing DLKD's weights".
+    align_weight: float = 1.0  # d
+    corr_weight: float = 2.0  # a
+    contrast_weight: float = 1.0  # b
     corr_temperature: float = 0.5  # tau_c
     contrast_temperature: float = 0.07  # tau
-    queue_size: int = 4096  # momentum queue of teacher embeddings (negatives; anchors of pseudo-logits)
+    # momentum queue of teacher embeddings (negatives; anchors of pseudo-logits); keep it below the number of
+    # training images, or the queue holds the positive's own embedding as a negative
+    queue_size: int = 1024
     # logit methods with label-free teachers: logits = cos(embedding, queue anchors) / pseudo_logit_temperature
     pseudo_logit_temperature: float = 0.1
     kd: KDConfig = field(default_factory=KDConfig)

@@ -22,7 +22,7 @@ def test_defaults_are_the_dataclass_defaults():
     assert isinstance(cfg, Config)
     assert cfg == Config()
     assert isinstance(cfg.train, TrainConfig) and isinstance(cfg.loss, LossConfig)
-    assert cfg.loss.method == "dlkd" and cfg.loss.align_weight == 10.0
+    assert cfg.loss.method == "dlkd" and cfg.loss.align_weight == 1.0
     assert cfg.eval.knn_ks == [1, 10, 20, 50, 200]
     pretrain = load_config(schema=PretrainConfig)
     assert isinstance(pretrain, PretrainConfig) and pretrain == PretrainConfig()

@@ -259,7 +259,7 @@ def test_from_config_and_build_method_use_the_config():
         assert (method.corr_temperature, method.contrast_temperature) == (0.3, 0.2)
         assert method.corr_head[0].in_features == 6 and method.corr_head[-1].out_features == 6
     defaults = DLKD.from_config(LossConfig(), MethodDims(6, 5))
-    assert (defaults.align_weight, defaults.corr_weight, defaults.contrast_weight) == (10.0, 20.0, 0.5)
+    assert (defaults.align_weight, defaults.corr_weight, defaults.contrast_weight) == (1.0, 2.0, 1.0)
     assert (defaults.corr_temperature, defaults.contrast_temperature) == (0.5, 0.07)
 
 
