@@ -161,8 +161,7 @@ def test_gpu_path_falls_back_to_cpu_when_k_exceeds_the_gpu_limit(monkeypatch):
             asked.append(k)
             return self.cpu_index.search(x, k)
 
-    monkeypatch.setattr(retrieval, "_use_gpu", lambda use_gpu: True)
-    monkeypatch.setattr(retrieval.faiss, "index_cpu_to_all_gpus", FakeGpuIndex, raising=False)
+    monkeypatch.setattr(retrieval, "to_gpu", lambda index, use_gpu: FakeGpuIndex(index))
     monkeypatch.setattr(retrieval, "GPU_MAX_K", 20)
     gen = torch.Generator().manual_seed(2)
     db = torch.randn(100, 8, generator=gen)

@@ -101,6 +101,44 @@ def _as_unit_rows(feats: ArrayLike, name: str) -> np.ndarray:
     return arr
 
 
+ADD_CHUNK = 65536  # rows checked (and, if needed, normalized) at a time
+UNIT_TOLERANCE = 1e-4
+
+
+def _float32_view(feats: ArrayLike) -> np.ndarray:
+    """`feats` as a C-contiguous float32 numpy array, without a copy when it already is one."""
+    if isinstance(feats, Tensor):
+        feats = feats.detach().to("cpu", torch.float32).contiguous().numpy()
+    return np.ascontiguousarray(feats, dtype=np.float32)
+
+
+def flat_ip_index(feats: ArrayLike, name: str) -> faiss.IndexFlatIP:
+    """A CPU `IndexFlatIP` of the L2-normalized rows of `feats` [N, D] (the input is not modified).
+
+    Features from `extract_features` are normalized already: their rows are checked chunk by chunk and
+    added in one go without a copy, so the peak is the caller's array plus the index (2 x N x D x 4
+    bytes). Other inputs get a normalized copy first (3 x).
+    """
+    arr = _float32_view(feats)
+    if arr.ndim != 2:
+        raise UserError(f"{name} must be a 2-d array [N, D], got shape {tuple(arr.shape)}; "
+                        "flatten or pool the features first")
+    unit = True
+    for start in range(0, arr.shape[0], ADD_CHUNK):
+        chunk = arr[start:start + ADD_CHUNK]
+        if not np.isfinite(chunk).all():
+            raise UserError(f"{name} contain NaN or Inf; check the model output before evaluating")
+        unit = unit and bool(np.all(np.abs(np.einsum("ij,ij->i", chunk, chunk) - 1.0) < UNIT_TOLERANCE))
+    index = faiss.IndexFlatIP(int(arr.shape[1]))
+    index.add(arr if unit else _as_unit_rows(arr, name))
+    return index
+
+
+def to_gpu(index: faiss.Index, use_gpu: bool | None) -> faiss.Index | None:
+    """The index on every GPU when FAISS has GPU support and CUDA is there (None otherwise)."""
+    return faiss.index_cpu_to_all_gpus(index) if _use_gpu(use_gpu) else None
+
+
 def _use_gpu(use_gpu: bool | None) -> bool:
     available = getattr(faiss, "get_num_gpus", lambda: 0)() > 0 and torch.cuda.is_available()
     return available if use_gpu is None else bool(use_gpu) and available
@@ -124,25 +162,22 @@ def knn_search(
     Returns (sims, idx): float32 [Q, k'] cosine similarities sorted in decreasing order, and
     int64 [Q, k'] train indices, on CPU, where k' = min(k, N_train).
     """
-    train = _as_unit_rows(train_feats, "train features")
+    train = flat_ip_index(train_feats, "train features")
     query = _as_unit_rows(query_feats, "query features")
-    if train.shape[0] == 0:
+    if train.ntotal == 0:
         raise UserError("no training features: the train split is empty; "
                         "check the dataset path and split name")
     if query.shape[0] == 0:
         raise UserError("no query features: the evaluation split is empty; "
                         "check the dataset path and split name")
-    if train.shape[1] != query.shape[1]:
-        raise UserError(f"feature dimensions differ: train {train.shape[1]} vs query "
+    if train.d != query.shape[1]:
+        raise UserError(f"feature dimensions differ: train {train.d} vs query "
                         f"{query.shape[1]}; extract both splits with the same model")
     if k < 1 or chunk_size < 1:
         raise UserError(f"k and chunk_size must be >= 1, got k={k}, chunk_size={chunk_size}")
-    k = min(int(k), train.shape[0])
+    k = min(int(k), train.ntotal)
 
-    index = faiss.IndexFlatIP(train.shape[1])
-    if _use_gpu(use_gpu):
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(train)
+    index = to_gpu(train, use_gpu) or train
     sims, idx = [], []
     for start in range(0, query.shape[0], chunk_size):
         s, i = index.search(query[start:start + chunk_size], k)

@@ -24,7 +24,8 @@ COLUMNS = ("params (M)", "images/s", "k-NN top-1", "k-NN top-5", "linear top-1",
 
 def gap_closed(report: dict) -> float | None:
     """Share of the random-student-to-teacher k-NN gap that distillation closed, in percent."""
-    teacher, student, random = report["teacher"]["knn_top1"], report["student"]["knn_top1"], report["baselines"]["random_student"]["knn_top1"]
+    teacher, student = report["teacher"]["knn_top1"], report["student"]["knn_top1"]
+    random = report["baselines"]["random_student"]["knn_top1"]
     if teacher - random <= 0:
         return None
     return 100.0 * (student - random) / (teacher - random)

@@ -46,12 +46,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
 import torch
 from torch import Tensor
 
 from ssl_kd.errors import UserError
-from ssl_kd.evaluation.knn import ArrayLike, _as_labels, _as_unit_rows, _use_gpu
+from ssl_kd.evaluation.knn import ArrayLike, _as_labels, _as_unit_rows, flat_ip_index, to_gpu
 
 __all__ = ["RetrievalResult", "map_at_r_from_ranking", "recall_at_k_from_ranking", "retrieval_metrics"]
 
@@ -143,15 +142,15 @@ def retrieval_metrics(
         raise UserError(f"ks must be a non-empty list of positive ints, got {ks}; e.g. ks=(1, 5, 10)")
     if chunk_size < 1:
         raise UserError(f"chunk_size must be >= 1, got {chunk_size}; e.g. 1024")
-    db = _as_unit_rows(db_feats, "database features")
+    cpu_index = flat_ip_index(db_feats, "database features")
     query = _as_unit_rows(query_feats, "query features")
-    if db.shape[0] == 0 or query.shape[0] == 0:
-        raise UserError(f"empty retrieval set: {db.shape[0]} database and {query.shape[0]} query features; "
+    if cpu_index.ntotal == 0 or query.shape[0] == 0:
+        raise UserError(f"empty retrieval set: {cpu_index.ntotal} database and {query.shape[0]} query features; "
                         "check the dataset path and split names")
-    if db.shape[1] != query.shape[1]:
-        raise UserError(f"feature dimensions differ: database {db.shape[1]} vs query {query.shape[1]}; "
+    if cpu_index.d != query.shape[1]:
+        raise UserError(f"feature dimensions differ: database {cpu_index.d} vs query {query.shape[1]}; "
                         "extract both splits with the same model")
-    n_db, n_query = db.shape[0], query.shape[0]
+    n_db, n_query = cpu_index.ntotal, query.shape[0]
     db_y = _as_labels(db_labels, n_db, "db_labels")
     query_y = _as_labels(query_labels, n_query, "query_labels")
     counts = torch.bincount(db_y, minlength=int(torch.cat([db_y, query_y]).max()) + 1)
@@ -161,10 +160,7 @@ def retrieval_metrics(
         raise UserError("no query label occurs in the database, so no query has a relevant item; "
                         "use the same class indices for both splits")
 
-    cpu_index = faiss.IndexFlatIP(db.shape[1])
-    cpu_index.add(db)
-    del db  # the index holds its own copy
-    gpu_index = faiss.index_cpu_to_all_gpus(cpu_index) if _use_gpu(use_gpu) else None
+    gpu_index = to_gpu(cpu_index, use_gpu)
 
     hits = {k: 0 for k in ks}
     ap = torch.zeros(n_query, dtype=torch.float64)  # per query, summed once at the end: chunk-independent
