@@ -51,6 +51,15 @@ def test_knn_and_retrieval_reproduce_the_run_report(run: Path, tmp_path: Path) -
     assert sorted(cache.iterdir()) == written and [p.stat().st_mtime_ns for p in written] == stamps  # reused, not rewritten
 
 
+def test_linear_probe_protocols(run: Path) -> None:
+    report = json.loads((run / "report.json").read_text())
+    cached = script("eval/linear_probe.py").main([str(run), "--cache-dir", "none", *COMMON])
+    assert cached["linear"]["top1"] == pytest.approx(report["student"]["linear_top1"], abs=1e-9)  # deterministic L-BFGS
+    augment = script("eval/linear_probe.py").main([str(run), "--protocol", "augment", "--epochs", "2", "--lr", "1.0", *COMMON])
+    assert augment["linear"]["protocol"].startswith("augmented") and augment["linear"]["epochs"] == 2
+    assert 0.0 <= augment["linear"]["top1"] <= 100.0
+
+
 def test_the_same_command_measures_the_teacher_file(run: Path) -> None:
     report = json.loads((run / "report.json").read_text())
     knn = script("eval/knn.py").main([str(default_teacher("digits")), "--subset", "96", "--ks", "20", "--cache-dir", "none", *COMMON])
