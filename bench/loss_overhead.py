@@ -1,6 +1,6 @@
 """Step time of every distillation method as a ratio to plain feature regression, on the same batch.
 
-    python bench/loss_overhead.py [--batch-size 128] [--repeats 7] [--methods all] [--student resnet10t]
+    python bench/loss_overhead.py [--batch-size 128] [--repeats 7] [--methods all] [--student resnet10t] [--queue-size 4096]
 
 One step is a real training step: the frozen teacher's and the student's forward on the batch's views,
 the method's loss (with the momentum queue full, as in a long run), backward, AdamW step, and the
@@ -74,10 +74,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--methods", default="all")
     parser.add_argument("--student", default="resnet10t")
+    parser.add_argument("--queue-size", type=int, default=None, help="queue length (default: the config's, 1024)")
     args = parser.parse_args()
     names = sorted(METHODS) if args.methods == "all" else args.methods.split(",")
     cfg = Config()
     cfg.student.arch = args.student
+    if args.queue_size:
+        cfg.loss.queue_size = args.queue_size
     torch.manual_seed(0)
     teacher = load_teacher(default_teacher("digits"))
     views = [torch.rand(args.batch_size, 3, 32, 32) for _ in range(2)]
