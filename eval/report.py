@@ -26,7 +26,7 @@ from ssl_kd.errors import UserError, cli_main  # noqa: E402
 from ssl_kd.evaluation.entry import DEFAULT_CACHE  # noqa: E402
 from ssl_kd.evaluation.models import load_eval_model  # noqa: E402
 from ssl_kd.evaluation.report import markdown_rows, multi_report, write_figures, write_multi_report  # noqa: E402
-from ssl_kd.features import cached_features  # noqa: E402
+from ssl_kd.feature_cache import cached_features  # noqa: E402
 from ssl_kd.loop import resolve_device  # noqa: E402
 
 

@@ -21,9 +21,9 @@ from .config import Config, to_dict
 from .data import build_dataset, make_loader, views_transform
 from .embeddings import Embeddings
 from .errors import UserError
+from .loop import FitResult, fit, resolve_device
 from .losses import METHODS, build_method
 from .losses.base import MethodDims, StepContext
-from .loop import FitResult, fit, resolve_device
 from .pretrain import SimCLRObjective
 from .queue import MomentumQueue
 from .students import Student

@@ -17,8 +17,13 @@ from .data import build_dataset, eval_transform, make_loader
 from .defaults import default_teacher
 from .distill import build_student
 from .evaluation.knn import knn_classify
+from .evaluation.suite import (
+    RawPixels,
+    count_parameters,
+    evaluate_model,
+    images_per_second,
+)
 from .features import extract_features
-from .evaluation.suite import RawPixels, count_parameters, evaluate_model, images_per_second
 from .loop import resolve_device
 from .teachers import Teacher, load_teacher
 

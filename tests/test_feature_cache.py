@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ssl_kd.data import IndexedDataset
 from ssl_kd.errors import UserError
-from ssl_kd.features import cached_features, extract_features, feature_cache_key
+from ssl_kd.feature_cache import cached_features, feature_cache_key
+from ssl_kd.features import extract_features
 
 N = 9
 

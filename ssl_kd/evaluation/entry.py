@@ -23,7 +23,7 @@ import torch
 from ..config import Config, DataConfig, load_config
 from ..data import build_dataset, eval_transform, resolve_data_config
 from ..errors import UserError
-from ..features import CACHE_DTYPES, cached_features
+from ..feature_cache import CACHE_DTYPES, cached_features
 from ..loop import resolve_device
 from ..teachers import Teacher
 from .models import load_eval_model

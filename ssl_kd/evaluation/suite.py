@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import EvalConfig
-from ..features import cached_features, extract_features
+from ..feature_cache import cached_features
+from ..features import extract_features
 from .classwise import classwise_report
 from .knn import knn_classify
 from .linear_probe import linear_probe
