@@ -15,7 +15,7 @@ from ssl_kd.loop import build_optimizer
 from ssl_kd.losses import MethodDims, build_method
 from ssl_kd.losses.base import StepContext
 from ssl_kd.losses.fitnet import FitNet, HintRegressor, resize_to
-from ssl_kd.losses.rkd import RKD, rkd_angle_loss, rkd_distance_loss
+from ssl_kd.losses.rkd import RKD, rkd_angle_loss, rkd_distance_loss, triplet_angles
 from ssl_kd.losses.sp import SP, similarity_preserving_loss
 from ssl_kd.students import Student
 from ssl_kd.teachers import Teacher
@@ -110,6 +110,23 @@ def test_rkd_matches_plain_loops_on_random_data():
     assert rkd_angle_loss(student, teacher).item() == pytest.approx(_ref_angle(student, teacher), abs=1e-12)
     far = _t([[0, 0], [10, 0], [0, 0.1], [0.1, 0.1]])  # normalized distances that differ by > 1: SmoothL1's linear part
     assert rkd_distance_loss(far, student[:, :2]).item() == pytest.approx(_ref_distance(far, student[:, :2]), abs=1e-12)
+
+
+def test_rkd_angles_from_the_gram_matrix_equal_the_direct_form_with_its_gradient():
+    """triplet_angles never forms the N x N x D differences; values and gradients equal the direct form."""
+    def direct(x):
+        d = torch.nn.functional.normalize(x[None] - x[:, None], p=2, dim=2)
+        return d @ d.transpose(1, 2)
+
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(24, 16, generator=gen, dtype=torch.float64) + 3.0).requires_grad_()
+    target = direct(torch.randn(24, 9, generator=gen, dtype=torch.float64))
+    assert torch.allclose(triplet_angles(x), direct(x), atol=1e-12)
+    (grad_gram,) = torch.autograd.grad(torch.nn.functional.smooth_l1_loss(triplet_angles(x), target), x)
+    (grad_direct,) = torch.autograd.grad(torch.nn.functional.smooth_l1_loss(direct(x), target), x)
+    assert torch.allclose(grad_gram, grad_direct, atol=1e-15)
+    wide = 5 * torch.rand(64, 512, generator=gen)  # float32, post-ReLU-like features far from the origin
+    assert (triplet_angles(wide) - direct(wide.double())).abs().max() < 1e-5
 
 
 def test_rkd_is_invariant_to_rotation_translation_and_scale():

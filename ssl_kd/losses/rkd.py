@@ -18,8 +18,9 @@ Angle (triplets, the angle at vertex a):
 
 Total: L = w_d L_D + w_a L_A, w_d = 25, w_a = 50 (RepDistiller; config `loss.rkd`). The teacher side
 has no gradient; the student's mu_S does (as in RepDistiller). Both terms run in float32 outside
-autocast (squared distances from a Gram matrix cancel badly in bf16). Memory: the angle term holds
-N x N x D differences and N^3 cosines (N = 512 rows, D = 2048: about 2 GB).
+autocast (squared distances from a Gram matrix cancel badly in bf16). The angle term is computed from
+the Gram matrix (`triplet_angles`): N^3 cosines (N = 256 rows: 64 MB in float32), never the N x N x D
+differences (1 GB at D = 2048).
 """
 
 from __future__ import annotations
@@ -55,9 +56,21 @@ def normalized_distances(x: torch.Tensor) -> torch.Tensor:
 
 
 def triplet_angles(x: torch.Tensor) -> torch.Tensor:
-    """psi[a, b, c] = < n(x_b - x_a), n(x_c - x_a) >, [N, N, N]."""
-    directions = F.normalize(x[None, :, :] - x[:, None, :], p=2, dim=2)  # [a, b] = n(x_b - x_a)
-    return directions @ directions.transpose(1, 2)
+    """psi[a, b, c] = < n(x_b - x_a), n(x_c - x_a) >, [N, N, N], from the Gram matrix G = x x^T:
+
+        < x_b - x_a, x_c - x_a > = G_bc - G_ab - G_ac + G_aa,     psi_abc = that / (d_ab d_ac)
+
+    so nothing of size N x N x D is formed (the direct form costs N^3 D multiply-adds and N^2 D memory,
+    this one N^2 D + N^3). Rows are centered first (angles are translation invariant), which keeps the
+    Gram differences well conditioned. psi is 0 where b = a or c = a, as n(0) = 0 in the direct form.
+    """
+    x = x - x.mean(dim=0, keepdim=True)
+    gram = x @ x.T
+    diag = gram.diagonal()
+    inner = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + diag[:, None, None]  # [a, b, c]
+    dist = pairwise_distances(x)  # exact zeros on the diagonal
+    inv = torch.where(dist > 0, 1.0 / dist.clamp(min=1e-12), torch.zeros_like(dist))  # 1 / d_ab, 0 when b = a
+    return (inner * inv[:, :, None] * inv[:, None, :]).clamp(-1.0, 1.0)
 
 
 def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
