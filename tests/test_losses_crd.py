@@ -49,7 +49,7 @@ def _ref_crd_side(anchors, bank, rows, num_views, tau, num_samples):
 
 def test_crd_scores_and_nce_by_hand():
     # exp(<v, m> / 0.5): v0 = [1, 0] against [1, 0], [0, 1] -> [e^2, 1]
-    scores = nce_scores(_t([[1, 0]]), _t([[[1, 0], [0, 1]]]), 1, 0.5)
+    scores = nce_scores(_t([[1, 0]]), _t([[1, 0], [0, 1]]), torch.tensor([[0, 1]]), 1, 0.5)
     assert torch.allclose(scores, _t([[math.exp(2), 1.0]]))
     # P = [2, 1] (Z = 1), K = 1 negative, N = 2 images: K/N = 0.5
     # log h(pos) = log(2 / 2.5), log(1 - h(neg)) = log(0.5 / 1.5)
@@ -57,6 +57,15 @@ def test_crd_scores_and_nce_by_hand():
     assert nce_loss(_t([[2, 1]]), torch.tensor(1.0, dtype=torch.float64), 2).item() == pytest.approx(expected, abs=1e-12)
     # Z divides P: scores [4, 2] with Z = 2 are the same
     assert nce_loss(_t([[4, 2]]), torch.tensor(2.0, dtype=torch.float64), 2).item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("drawn", [4, 12])  # fewer rows drawn than the bank has (gather), or more (all dot products)
+def test_crd_scores_read_the_drawn_bank_rows_for_every_view(drawn):
+    gen = torch.Generator().manual_seed(1)
+    anchors, bank = torch.randn(3 * 2, 5, generator=gen, dtype=torch.float64), torch.randn(10, 5, generator=gen, dtype=torch.float64)
+    rows = torch.randint(0, 10, (2, drawn), generator=gen)
+    expected = torch.stack([torch.exp(anchors[v * 2 + b] @ bank[rows[b]].T / 0.1) for v in range(3) for b in range(2)])
+    assert torch.allclose(nce_scores(anchors, bank, rows, 3, 0.1), expected, rtol=1e-12)
 
 
 def _crd_setup(views=3, b=4, d_s=6, d_t=5, n=10, k=7, seed=5):

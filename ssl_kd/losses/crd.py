@@ -39,11 +39,22 @@ from .memory import MemoryBank, full_precision
 EPS = 1e-7  # RepDistiller's crd/criterion.py
 
 
-def nce_scores(anchors: torch.Tensor, bank_rows: torch.Tensor, num_views: int, temperature: float) -> torch.Tensor:
-    """exp(<v, m> / tau): anchors [V*B, d] (view-major) against their image's bank rows [B, K+1, d] -> [V*B, K+1]."""
-    anchors, bank_rows = full_precision(anchors, bank_rows)
+def nce_scores(anchors: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor, num_views: int, temperature: float) -> torch.Tensor:
+    """exp(<v, m> / tau): anchors [V*B, d] (view-major) against the bank rows [B, K+1] (indices into `bank`
+    [N, d]) of their image -> [V*B, K+1].
+
+    When the bank has no more rows than are drawn per image (N <= K+1, small datasets), every dot
+    product with the bank is cheaper than gathering B x (K+1) rows of it: the scores are then read from
+    anchors @ bank^T. Same values either way.
+    """
+    anchors, bank = full_precision(anchors, bank.detach())
+    views = split_views(anchors, num_views)  # [V, B, d]
     with torch.autocast(anchors.device.type, enabled=False):
-        dots = torch.einsum("vbd,bkd->vbk", split_views(anchors, num_views), bank_rows.detach().to(anchors))
+        bank = bank.to(anchors)
+        if bank.shape[0] <= rows.shape[1]:
+            dots = (views @ bank.T).gather(2, rows[None].expand(num_views, -1, -1))
+        else:
+            dots = torch.einsum("vbd,bkd->vbk", views, bank[rows])
     return torch.exp(dots / temperature).flatten(0, 1)
 
 
@@ -83,8 +94,8 @@ class CRD(DistillMethod):
         e_s, e_t = self.embed(student, teacher)
         negatives = self.student_bank.sample_negatives(index, self.negatives)
         rows = torch.cat([index.view(-1, 1).to(negatives.device), negatives], dim=1)  # [B, K+1]: the positive, then K negatives
-        s_scores = nce_scores(e_s, self.teacher_bank.get(rows), ctx.num_views, self.temperature)
-        t_scores = nce_scores(e_t, self.student_bank.get(rows), ctx.num_views, self.temperature)
+        s_scores = nce_scores(e_s, self.teacher_bank.memory, rows, ctx.num_views, self.temperature)
+        t_scores = nce_scores(e_t, self.student_bank.memory, rows, ctx.num_views, self.temperature)
         self._set_z_once(s_scores, t_scores)
         student_side = nce_loss(s_scores, self.z[0], self.num_samples)
         teacher_side = nce_loss(t_scores, self.z[1], self.num_samples)
