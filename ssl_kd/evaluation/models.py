@@ -25,11 +25,9 @@ STUDENT_FILE, STUDENT_INFO = "student_timm.pth", "student_timm.json"
 
 
 def student_info_path(path: Path) -> Path | None:
-    """The student_timm.json that describes `path`, when there is one beside it."""
-    for candidate in (path.with_suffix(".json"), path.parent / STUDENT_INFO):
-        if candidate.is_file():
-            return candidate
-    return None
+    """The JSON that describes the student export `path` (X.pth -> X.json beside it), if there is one."""
+    candidate = path.with_suffix(".json")
+    return candidate if candidate.is_file() else None
 
 
 def load_eval_model(path: str | Path, *, arch: str | None = None, format: str = "auto", trust: bool = False,
