@@ -37,7 +37,7 @@ class RawPixels(nn.Module):
         return x.flatten(1)
 
 
-def split_features(model: nn.Module, loader, cfg: EvalConfig, device: torch.device, desc: str):
+def loader_features(model: nn.Module, loader, cfg: EvalConfig, device: torch.device, desc: str):
     """(L2-normalized features, labels) of the loader's dataset, from `cfg.cache_dir` when it holds them."""
     if cfg.cache_dir is None:
         return extract_features(model, loader, device=device, desc=desc)
@@ -53,8 +53,8 @@ def evaluate_model(model: nn.Module, train_loader, test_loader, cfg: EvalConfig,
     the train split, recall@1/5/10 and MAP@R.
     """
     model.to(device)
-    train_feats, train_labels = split_features(model, train_loader, cfg, device, f"{name} features (train)")
-    test_feats, test_labels = split_features(model, test_loader, cfg, device, f"{name} features (test)")
+    train_feats, train_labels = loader_features(model, train_loader, cfg, device, f"{name} features (train)")
+    test_feats, test_labels = loader_features(model, test_loader, cfg, device, f"{name} features (test)")
     ks = tuple(dict.fromkeys([cfg.knn_k, *cfg.knn_ks]))  # the headline k first, then the others
     knn = knn_classify(train_feats, train_labels, test_feats, test_labels, ks=ks, temperature=cfg.knn_temperature)
     classes = getattr(test_loader.dataset, "classes", None) or [str(c) for c in range(knn.num_classes)]
