@@ -119,7 +119,7 @@ def run_one(cfg: Config, inputs, method: str, seed: int, out: Path, evaluate) ->
     print(f"{method} seed {seed}: distilling {cfg.train.epochs} epochs")
     started = time.time()
     run = distill(run_cfg, inputs.teacher, Path(run_cfg.out), inputs.extra_teachers, monitor=knn_monitor(run_cfg, inputs))
-    result = {k: v for k, v in evaluate(run.student, method).items() if k in ("knn_top1", "knn_top5", "linear_top1")}
+    result = {k: v for k, v in evaluate(run.student, method).items() if k in ("knn_top1", "knn_top5", "linear_top1", "recall_at_1", "map_at_r")}
     result.update(train_seconds=run.train_seconds, wall_seconds=round(time.time() - started, 1))
     result_path.write_text(json.dumps(result, indent=2))
     print(f"{method} seed {seed}: k-NN top-1 {result['knn_top1']:.1f}")

@@ -29,7 +29,8 @@ def test_aggregate_and_markdown_rows() -> None:
                                 {"knn_top1": 98.0, "knn_top5": 100.0, "train_seconds": 12.0}]})
     assert table["dlkd"]["knn_top1"]["mean"] == 97.0 and table["dlkd"]["train_seconds"]["mean"] == 11.0
     text = markdown(table, 20, 0.07)
-    assert "| dlkd | 97.0 ± 1.4 | 99.5 ± 0.7 | - | 11 | 2 |" in text and "| teacher | 98.0 | 100.0 | - | - | 1 |" in text
+    assert "| dlkd | 97.0 ± 1.4 | 99.5 ± 0.7 | - | - | - | 11 | 2 |" in text and "| teacher | 98.0 | 100.0 | - | - | - | - | 1 |" in text
+    assert "| linear top-1 | recall@1 | MAP@R | train s | seeds |" in text
 
 
 def run_compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -51,6 +52,7 @@ def test_compare_pipeline_tiny(tmp_path: Path) -> None:
     runs = [json.loads((out / "dlkd" / f"seed{s}" / "result.json").read_text())["knn_top1"] for s in (0, 1)]
     assert report["table"]["dlkd"]["knn_top1"]["mean"] == pytest.approx(sum(runs) / 2)
     assert (out / "compare.png").stat().st_size > 0 and "| ssl_scratch |" in (out / "compare.md").read_text()
+    assert 0.0 <= report["table"]["dlkd"]["map_at_r"]["mean"] <= 100.0 and "recall_at_1" in report["table"]["raw pixels"]
     again = run_compare(*args, cwd=tmp_path)  # every run is done: nothing is trained again
     assert again.returncode == 0 and "distilling" not in again.stdout and "done before" in again.stdout
 

@@ -1,6 +1,6 @@
 """Aggregate a methods x seeds comparison: mean ± std tables (Markdown, JSON) and a bar chart.
 
-Input: `runs[method][seed] = {"knn_top1", "knn_top5", "linear_top1"?, "train_seconds"}` plus
+Input: `runs[method][seed] = {"knn_top1", "knn_top5", "linear_top1"?, "recall_at_1"?, "map_at_r"?, "train_seconds"}` plus
 reference rows (`teacher`, `random-init student` per seed, `raw pixels`). The standard deviation is
 the sample one (n - 1) over seeds; with one seed it is 0.
 """
@@ -11,7 +11,8 @@ import json
 import statistics
 from pathlib import Path
 
-METRICS = (("knn_top1", "k-NN top-1"), ("knn_top5", "k-NN top-5"), ("linear_top1", "linear top-1"))
+METRICS = (("knn_top1", "k-NN top-1"), ("knn_top5", "k-NN top-5"), ("linear_top1", "linear top-1"), ("recall_at_1", "recall@1"),
+           ("map_at_r", "MAP@R"))
 
 
 def summarize(values: list[float]) -> dict:
@@ -32,8 +33,8 @@ def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def markdown(table: dict[str, dict], k: int, temperature: float) -> str:
-    header = f"| row | k-NN top-1 (k={k}, T={temperature}) | k-NN top-5 | linear top-1 | train s | seeds |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    names = [f"k-NN top-1 (k={k}, T={temperature})", *(label for _, label in METRICS[1:])]
+    lines = ["| row | " + " | ".join(names) + " | train s | seeds |", "|---|" + "---:|" * (len(METRICS) + 2)]
     for name, metrics in table.items():
         cells = [_cell(metrics.get(key)) for key, _ in METRICS]
         seconds = metrics.get("train_seconds")
@@ -79,7 +80,7 @@ def write(out_dir: Path, table: dict[str, dict], meta: dict) -> tuple[Path, Path
     title = f"# ssl_kd comparison on {meta['data']['name']}: teacher {meta['teacher']['arch']} -> student {meta['student']}"
     body = [title, "", f"{meta['seeds']} seeds, {meta['epochs']} epochs each, on {meta['machine']}. Mean ± std over seeds.", "",
             markdown(table, meta["protocol"]["knn_k"], meta["protocol"]["knn_temperature"]), "",
-            f"Protocol: {meta['protocol']['knn']}; {meta['protocol']['linear']}.", "", "![k-NN top-1](compare.png)", ""]
+            "Protocol: " + "; ".join(meta["protocol"][key] for key in ("knn", "linear", "retrieval") if key in meta["protocol"]) + ".", "", "![k-NN top-1](compare.png)", ""]
     md_path.write_text("\n".join(body))
     bar_chart(table, png_path)
     return json_path, md_path, png_path
