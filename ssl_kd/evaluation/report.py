@@ -147,7 +147,7 @@ def write_multi_report(out_dir: Path, combined: dict, figures: dict[str, Path]) 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    json_path.write_text(json.dumps({key: value for key, value in combined.items()}, indent=2, default=str))
+    json_path.write_text(json.dumps(combined, indent=2, default=str))
     rows = [(r["label"], r) for r in combined["rows"]]
     runs = [f"- {label}: {r.get('method', '-')} on {r['data']['name']}, {r['training']['epochs']} epochs, "
             f"{r['training']['seconds']:.0f} s on {r.get('machine', '-')}" for label, r in combined["runs"].items()]
