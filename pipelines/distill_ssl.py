@@ -9,6 +9,9 @@ student_timm.pth + student_timm.json (a plain timm state dict), report.json, rep
 (loss_curves.png, knn_over_epochs.png, features_student.png).
 Any config key can be set as key.sub=value (see configs/digits-default.yaml); exit status 2 with
 one line on bad input.
+
+Several GPUs or nodes: launch the same command with torchrun (train.batch_size is the global batch):
+    torchrun --nproc_per_node 8 pipelines/distill_ssl.py --teacher ... --batch-size 256
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, split_teachers, write_config  # noqa: E402
+from ssl_kd.cli import add_config_arguments, config_from_args, distributed_session, say, setup_logging, split_teachers, write_config  # noqa: E402
 from ssl_kd.config import Config, to_dict  # noqa: E402
 from ssl_kd.data import resolve_data_config  # noqa: E402
 from ssl_kd.distill import method_names, distill  # noqa: E402
 from ssl_kd.errors import cli_main  # noqa: E402
 from ssl_kd.evaluation.report import markdown_table, summary_lines, write_figures, write_report  # noqa: E402
 from ssl_kd.job import data_summary, evaluate_all, knn_monitor, load_inputs, machine_description, test_features  # noqa: E402
+from ssl_kd.parallel import is_main_process  # noqa: E402
 
 FLAGS = {
     "teacher": "teacher.path", "teacher_arch": "teacher.arch", "teacher_format": "teacher.format",
@@ -62,29 +66,41 @@ def main(argv=None) -> dict:
     started = time.time()
     cfg = config_from_args(parse_args(argv), FLAGS, Config)
     cfg.data = resolve_data_config(cfg.data)
+    with distributed_session(cfg.train):
+        return run_job(cfg, started)
+
+
+def run_job(cfg: Config, started: float) -> dict:
+    """Every process trains and takes part in the feature extraction; rank 0 alone prints and writes."""
     out = Path(cfg.out)
     write_config(cfg, out)
     inputs = load_inputs(cfg)
     teacher = inputs.teacher
     logits = ", with logits" if teacher.has_logits else ""
-    print(f"teacher: {teacher.arch} ({teacher.format} checkpoint {inputs.teacher_path}), {teacher.embed_dim}-d features{logits}")
+    say(f"teacher: {teacher.arch} ({teacher.format} checkpoint {inputs.teacher_path}), {teacher.embed_dim}-d features{logits}")
     for k, (extra, path) in enumerate(zip(inputs.extra_teachers, inputs.extra_paths), start=2):
-        print(f"teacher {k}: {extra.arch} ({extra.format} checkpoint {path}), {extra.embed_dim}-d features")
+        say(f"teacher {k}: {extra.arch} ({extra.format} checkpoint {path}), {extra.embed_dim}-d features")
 
-    print(f"distilling into {cfg.student.arch} with {cfg.loss.method} for {cfg.train.epochs} epochs on {cfg.data.name} ({inputs.device})")
+    say(f"distilling into {cfg.student.arch} with {cfg.loss.method} for {cfg.train.epochs} epochs on {cfg.data.name} ({inputs.device})")
     run = distill(cfg, teacher, out, inputs.extra_teachers, monitor=knn_monitor(cfg, inputs))
+    write_config(cfg, out)  # again, now with train.world_size and train.batch_per_process
 
-    print("evaluating teacher, student and baselines")
+    say("evaluating teacher, student and baselines")
     report = evaluate_all(cfg, inputs, run.student)
+    student_features = test_features(cfg, inputs, run.student)
+    if not is_main_process():
+        return report
     report.update(
         method=cfg.loss.method, config=to_dict(cfg), machine=machine_description(inputs.device),
         data=data_summary(cfg, inputs),
         training={"epochs": cfg.train.epochs, "steps": run.fit.steps, "seconds": run.train_seconds,
-                  "final": run.fit.history[-1] if run.fit.history else {}},
+                  "final": run.fit.history[-1] if run.fit.history else {},
+                  "world_size": cfg.train.world_size, "batch_size": cfg.train.batch_size,
+                  "batch_per_process": cfg.train.batch_per_process},
         total_seconds=round(time.time() - started, 1),
     )
     figures = write_figures(out, {"student": out / "metrics.jsonl"}, teacher_top1=report["teacher"]["knn_top1"],
-                            features={"student": test_features(cfg, inputs, run.student)})
+                            features={"student": student_features})
     json_path, md_path = write_report(out, report, figures)
     print("\n" + markdown_table(report) + "\n")
     for line in summary_lines(report):

@@ -19,11 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
-from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, write_config  # noqa: E402
+from ssl_kd.cli import add_config_arguments, config_from_args, distributed_session, say, setup_logging, write_config  # noqa: E402
 from ssl_kd.config import PretrainConfig, to_dict  # noqa: E402
 from ssl_kd.data import build_dataset, make_loader, views_transform  # noqa: E402
 from ssl_kd.errors import UserError, cli_main  # noqa: E402
-from ssl_kd.loop import fit, resolve_device  # noqa: E402
+from ssl_kd.loop import fit  # noqa: E402
+from ssl_kd.parallel import is_main_process  # noqa: E402
 from ssl_kd.pretrain import SimCLRObjective  # noqa: E402
 from ssl_kd.students import create_backbone  # noqa: E402
 from ssl_kd.teachers import save_teacher  # noqa: E402
@@ -49,22 +50,30 @@ def main(argv=None) -> Path:
     cfg = config_from_args(args, FLAGS, PretrainConfig)
     if cfg.method != "simclr":
         raise UserError(f"unknown pretraining method '{cfg.method}'; this pipeline trains simclr")
+    with distributed_session(cfg.train) as device:  # torchrun: SimCLR's loss then gathers the global batch
+        return pretrain(cfg, device, argv)
+
+
+def pretrain(cfg: PretrainConfig, device, argv) -> Path:
     out = Path(cfg.out)
     write_config(cfg, out)
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
-    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                         pin_memory=device.type == "cuda")
     import torch
 
     torch.manual_seed(cfg.train.seed)
     backbone = create_backbone(cfg.arch)
     objective = SimCLRObjective(backbone, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, proj_dim=cfg.proj_dim, temperature=cfg.temperature)
-    fit(objective, loader, cfg.train, out, to_dict(cfg), resolve_device(cfg.train.device))
+    fit(objective, loader, cfg.train, out, to_dict(cfg), device)
+    if not is_main_process():
+        return out / "teacher.pth"
     command = "python pipelines/pretrain_ssl.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     path = save_teacher(
         out / "teacher.pth", backbone.cpu(), cfg.arch, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         input_size=cfg.data.image_size, meta={"method": "simclr", "dataset": cfg.data.name, "epochs": cfg.train.epochs, "command": command},
     )
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return path
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
 
-from .config import load_config, to_yaml
+from .config import TrainConfig, load_config, to_yaml
+from .parallel import init_distributed, is_main_process, shutdown_distributed
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +32,31 @@ def split_teachers(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def write_config(cfg, out_dir: Path) -> None:
+    """config.yaml in the output directory (rank 0 only under torchrun)."""
+    if not is_main_process():
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """Log lines on stdout; under torchrun the other ranks keep only warnings (rank 0 speaks for the run)."""
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING, format="%(message)s", force=True)
+
+
+def say(*args, **kwargs) -> None:
+    """`print`, on rank 0 only (the pipelines' progress lines and tables)."""
+    if is_main_process():
+        print(*args, **kwargs, flush=True)
+
+
+@contextlib.contextmanager
+def distributed_session(train: TrainConfig):
+    """Join torchrun's process group for the pipeline's lifetime (nothing without torchrun); yields this
+    process's device."""
+    device = init_distributed(train.device, train.dist_backend)
+    setup_logging()
+    try:
+        yield device
+    finally:
+        shutdown_distributed()

@@ -163,6 +163,9 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 12
+    # the GLOBAL batch: images per optimizer step summed over all processes; under torchrun each of the
+    # W processes takes batch_size / W (which must divide). A config trains the same on 1 GPU or 8, so
+    # train.lr needs no rescaling when the number of processes changes (README "Launching").
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -173,6 +176,15 @@ class TrainConfig:
     seed: int = 0
     resume: bool = True  # continue from out/checkpoints/last.pt when it exists
     log_every: int = 10  # steps between metrics.jsonl lines
+    # several processes (torchrun): auto = NCCL on CUDA, gloo on the CPU
+    dist_backend: str = "auto"  # auto | nccl | gloo
+    sync_bn: bool = False  # SyncBatchNorm: the student's BatchNorm statistics over the global batch
+    # speed on one device
+    channels_last: Optional[bool] = None  # NHWC memory format; None: on CUDA only
+    compile: bool = False  # torch.compile the student and teacher backbones (nn.Module.compile: same state-dict keys)
+    # recorded by the run (not read): processes taking part and the images each takes per step
+    world_size: Optional[int] = None
+    batch_per_process: Optional[int] = None
 
 
 @dataclass

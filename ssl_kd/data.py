@@ -264,17 +264,39 @@ def eval_transform(cfg: DataConfig):
     return T.Compose([T.Resize(resize), T.CenterCrop(cfg.image_size), T.ToTensor()])
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int, seed: int = 0) -> DataLoader:
-    """Shuffled, drop-last loader for training; ordered, complete loader for evaluation."""
-    if train and len(dataset) < batch_size:
-        batch_size = len(dataset)  # tiny data: one full batch rather than none
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=train,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        generator=generator,
-    )
+def per_process_batch(batch_size: int, num_images: int, world: int) -> int:
+    """Images each of `world` processes takes per step for a GLOBAL batch of `batch_size` (tiny data:
+    the whole set, as one batch, rather than none)."""
+    batch_size = min(batch_size, num_images)
+    if batch_size % world:
+        raise UserError(f"train.batch_size={batch_size} does not split over {world} processes; "
+                        f"give a multiple of {world} (it is the global batch, summed over processes)")
+    if batch_size < world:
+        raise UserError(f"{num_images} training images cannot feed {world} processes; use more images or fewer processes")
+    return batch_size // world
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int, seed: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """Training: shuffled, drop-last, sharded over processes; evaluation: ordered and complete.
+
+    Training order: epoch e is the permutation `torch.randperm(n)` drawn from a generator seeded with
+    `seed + e` (`DistributedSampler`; the loop calls `set_epoch`), cut to a multiple of the number of
+    processes W; process r takes its positions r, r + W, r + 2W, ... . `batch_size` is the GLOBAL
+    batch: each process loads `batch_size / W` images a step, and global step i holds the permutation's
+    positions [i * batch_size, (i + 1) * batch_size) whatever W is, so 1 and W processes see the same
+    batches. Workers persist across epochs and prefetch; `pin_memory` for CUDA.
+    """
+    from torch.utils.data import DistributedSampler
+
+    from .parallel import rank, world_size
+
+    options = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
+                   prefetch_factor=4 if num_workers > 0 else None)
+    if not train:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **options)
+    world = world_size()
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank(), shuffle=True, seed=seed, drop_last=True)
+    generator = torch.Generator().manual_seed(seed + rank())  # the loader workers' seeds: one stream per process
+    return DataLoader(dataset, batch_size=per_process_batch(batch_size, len(dataset), world), sampler=sampler,
+                      drop_last=True, generator=generator, **options)

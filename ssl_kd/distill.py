@@ -19,97 +19,16 @@ from torch.nn.parameter import UninitializedParameter
 
 from .config import Config, to_dict
 from .data import build_dataset, make_loader, views_transform
-from .embeddings import Embeddings
 from .errors import UserError
 from .loop import FitResult, fit, resolve_device
 from .losses import METHODS, build_method
-from .losses.base import MethodDims, StepContext
+from .losses.base import MethodDims
+from .objective import DistillObjective
+from .parallel import is_main_process, world_size
 from .pretrain import SimCLRObjective
 from .queue import MomentumQueue
 from .students import Student
 from .teachers import Teacher
-
-
-class DistillObjective(nn.Module):
-    """One step: the teachers and the student embed all views; each teacher's method turns them into
-    a loss, and the loss is their weighted sum.
-
-    The primary teacher's method and queue keep the keys "method" and "queue" (old checkpoints still
-    resume); additional teacher k (`extra`: (teacher, method, queue) triples, k = 1, 2, ...) gets
-    "method_k" / "queue_k", the student's `extra_projectors[k - 1]`, and logged parts prefixed "tk/".
-    With one teacher it is exactly the single-teacher objective.
-    """
-
-    def __init__(self, teacher: Teacher, student: Student, method: nn.Module, queue: MomentumQueue | None,
-                 extra: list[tuple[Teacher, nn.Module, MomentumQueue | None]] = (), weights: list[float] | None = None):
-        super().__init__()
-        self.teacher = teacher  # frozen; not part of `trainable`, so never optimized nor checkpointed
-        self.extra_teachers = nn.ModuleList(t for t, _, _ in extra)  # frozen too
-        parts = {"student": student, "method": method}
-        if queue is not None:
-            parts["queue"] = queue
-        for k, (_, extra_method, extra_queue) in enumerate(extra, start=1):
-            parts[f"method_{k}"] = extra_method
-            if extra_queue is not None:
-                parts[f"queue_{k}"] = extra_queue
-        self.trainable = nn.ModuleDict(parts)
-        self.weights = list(weights) if weights else [1.0] * (1 + len(extra))
-        for _, m in self._methods():
-            m.bind_student(student)
-        self._step: tuple | None = None  # the primary's (student, teacher, ctx) of the last forward
-        self._extra_step: list[tuple] = []  # (student, teacher) per extra teacher
-
-    @property
-    def student(self) -> Student:
-        return self.trainable["student"]
-
-    def _keys(self, k: int) -> tuple[str, str]:
-        return ("method", "queue") if k == 0 else (f"method_{k}", f"queue_{k}")
-
-    def _methods(self) -> list[tuple[int, nn.Module]]:
-        return [(k, self.trainable[self._keys(k)[0]]) for k in range(1 + len(self.extra_teachers))]
-
-    def _teacher(self, k: int) -> Teacher:
-        return self.teacher if k == 0 else self.extra_teachers[k - 1]
-
-    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict:
-        methods = self._methods()
-        views = methods[0][1].batch_transform(views)  # the primary method's (STKD's mixup) applies to all
-        images = torch.cat(views)
-        maps = any(getattr(m, "needs_maps", False) for _, m in methods)  # FitNet, SP: the backbones' stage maps too
-        with torch.no_grad():
-            teacher_outs = [self._teacher(k)(images, maps=maps) for k, _ in methods]
-        student_out = self.student(images, maps=maps)  # one student pass; the primary's embedding comes with it
-        ctx = StepContext(num_views=len(views), index=index, images=images)
-        out, total, step = {}, 0.0, []
-        for k, method in methods:
-            s_out = student_out if k == 0 else Embeddings(feat=student_out.feat, emb=self.student.project(student_out.feat, k),
-                                                          maps=student_out.maps)
-            queue_key = self._keys(k)[1]
-            queue = self.trainable[queue_key].get() if queue_key in self.trainable else None
-            parts = method(s_out, teacher_outs[k], queue, ctx)
-            total = total + self.weights[k] * parts["loss"]
-            prefix = "" if k == 0 else f"t{k}/"
-            out.update({f"{prefix}{name}": value for name, value in parts.items()})
-            step.append((s_out, teacher_outs[k]))
-        if len(methods) > 1:
-            out["t0/loss"] = out["loss"]
-            out["loss"] = total
-        self._step = (*step[0], ctx)  # the primary's (student, teacher, ctx), as with one teacher
-        self._extra_step = step[1:]
-        return out
-
-    def after_step(self) -> None:
-        """After the optimizer step: enqueue (the queue's rows took part in this step's graph) and let
-        each method update its own state."""
-        student_out, teacher_out, ctx = self._step
-        step = [(student_out, teacher_out), *self._extra_step]
-        for (k, method), (student_out, teacher_out) in zip(self._methods(), step):
-            queue_key = self._keys(k)[1]
-            if queue_key in self.trainable:
-                self.trainable[queue_key].enqueue(method.queue_items(teacher_out).detach())
-            method.after_step(student_out, teacher_out, ctx)
-        self._step, self._extra_step = None, []
 
 
 @dataclass
@@ -144,13 +63,22 @@ def distill(cfg: Config, teacher: Teacher, run_dir: Path, extra_teachers: list[T
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
-    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed)
+    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                         pin_memory=device.type == "cuda")
+    record_processes(cfg, loader)
     student = build_student(cfg, teacher, extra_teachers)
     objective = build_objective(cfg, teacher, student, len(dataset), extra_teachers)
     on_epoch_end = (lambda epoch: monitor(student, epoch)) if monitor is not None else None
     result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device, on_epoch_end=on_epoch_end)
-    export = export_student(student, Path(run_dir))
+    export = export_student(student, Path(run_dir)) if is_main_process() else Path(run_dir) / "student_timm.pth"
     return DistillResult(student=student, fit=result, export_path=export)
+
+
+def record_processes(cfg: Config, loader) -> None:
+    """Write into the config (and so into config.yaml, checkpoints and the report) how many processes
+    train and how many images each takes per step; train.batch_size is their product, the global batch."""
+    cfg.train.world_size = world_size()
+    cfg.train.batch_per_process = loader.batch_size
 
 
 def teacher_weights(cfg: Config, num_teachers: int) -> list[float]:
@@ -199,7 +127,6 @@ def materialize_lazy_modules(objective: DistillObjective, cfg: Config) -> None:
     with torch.no_grad():
         objective(blank, torch.zeros(2, dtype=torch.long, device=device))
     objective.train()
-    objective._step, objective._extra_step = None, []
 
 
 def export_student(student: Student, run_dir: Path) -> Path:

@@ -25,3 +25,8 @@ class Embeddings:
     emb: Tensor
     logits: Tensor | None = None
     maps: list[Tensor] | None = None
+
+    def map(self, fn) -> "Embeddings":
+        """The same outputs with `fn` applied to every tensor (e.g. `Tensor.clone` out of inference mode)."""
+        return Embeddings(feat=fn(self.feat), emb=fn(self.emb), logits=None if self.logits is None else fn(self.logits),
+                          maps=None if self.maps is None else [fn(m) for m in self.maps])

@@ -1,15 +1,25 @@
 """The one training loop, for every objective (distillation methods and SSL pretraining alike).
 
 An objective is an `nn.Module` with
-    forward(views: list[Tensor], index: Tensor) -> dict   ("loss" plus named parts, all logged;
-                                           index = the images' dataset indices)
-    after_step() -> None                   (e.g. enqueue this step's teacher embeddings)
+    forward(views: list[Tensor], index: Tensor) -> dict, or (dict, state)
+                                           ("loss" plus named parts, all logged; index = the images'
+                                           dataset indices; `state` = what after_step needs)
+    after_step(state) / after_step()       (e.g. enqueue this step's teacher embeddings)
     trainable: nn.ModuleDict               (what is optimized and checkpointed; a frozen teacher is not)
 
+A step reads in order: forward -> backward (DDP averages the gradients) -> optimizer step ->
+`after_step(state)` with the state that this step's forward returned (nothing is kept between calls).
+
 `fit` runs AdamW with linear warm-up then cosine decay (per step), optional bf16/fp16 autocast,
-gradient clipping, a tqdm bar on a terminal plus one log line per epoch, `metrics.jsonl`, an atomic
-checkpoint after every epoch, and resumes from `run_dir/checkpoints/last.pt` when it exists. A
-non-finite loss stops the run with one line naming the step and the last good checkpoint.
+gradient clipping, a tqdm bar on a terminal plus one log line per epoch, `metrics.jsonl` (with the
+epoch's images/s), an atomic checkpoint after every epoch, and resumes from
+`run_dir/checkpoints/last.pt` when it exists. A non-finite loss stops the run with one line naming
+the step and the last good checkpoint.
+
+Under torchrun (`ssl_kd.parallel`) the objective runs under `DistributedDataParallel` (the trainable
+parts; what is not trainable, the frozen teachers, is left out of it), optionally with SyncBatchNorm;
+the logged numbers are averaged over processes; only rank 0 writes metrics and checkpoints and draws
+the bar. A checkpoint written by W processes resumes with any other number of processes.
 """
 
 from __future__ import annotations
@@ -26,12 +36,14 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_atomic
 from .config import TrainConfig
 from .errors import UserError
-from .parallel import is_main_process
+from .parallel import all_reduce_mean, is_distributed, is_main_process, local_rank, rank, world_size
+from .parallel import resolve_device as _resolve_device
 
 
 @dataclass
@@ -43,11 +55,8 @@ class FitResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name} but CUDA is not available here; use train.device=cpu (or auto)")
-    return torch.device(name)
+    """`train.device` as a device; under torchrun, auto/cuda mean this process's `cuda:LOCAL_RANK`."""
+    return _resolve_device(name, local_rank() if is_distributed() else None)
 
 
 def cosine_schedule(base_lr: float, total_steps: int, warmup_steps: int) -> np.ndarray:
@@ -84,10 +93,11 @@ def build_optimizer(trainable: nn.Module, cfg: TrainConfig) -> torch.optim.Optim
 def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_dict: dict, device: torch.device,
         on_epoch_end: Callable[[int], dict] | None = None) -> FitResult:
     """Train `objective` for `cfg.epochs` (resuming from the run's last checkpoint). `on_epoch_end(epoch)`
-    (1-based) may return numbers to add to that epoch's summary, e.g. the student's k-NN accuracy."""
+    (1-based, called on every process) may return numbers to add to that epoch's summary, e.g. the
+    student's k-NN accuracy."""
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
-    objective.to(device)
+    model = prepare_model(objective, cfg, device)
     optimizer = build_optimizer(objective.trainable, cfg)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -95,17 +105,19 @@ def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_di
     schedule = cosine_schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch)
     autocast, use_scaler = autocast_context(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    step_runner = StepRunner(model, objective, optimizer, scaler, autocast, cfg, device)
 
     start_epoch, step = 0, 0
     if cfg.resume and checkpoint_path.exists():
         start_epoch, step = _resume(checkpoint_path, objective, optimizer, scaler)
         _log(f"resumed from {checkpoint_path} (epoch {start_epoch}, step {step})")
+    if rank() > 0:
+        torch.manual_seed(cfg.seed + rank())  # each process its own augmentation stream; rank 0's is the single-process one
     result = FitResult(epochs=cfg.epochs, steps=step, resumed_from_epoch=start_epoch)
 
     for epoch in range(start_epoch, cfg.epochs):
-        if hasattr(loader, "generator") and loader.generator is not None:
-            loader.generator.manual_seed(cfg.seed + epoch)  # the epoch's order depends only on (seed, epoch)
-        summary = _run_epoch(objective, loader, optimizer, scaler, schedule, autocast, cfg, epoch, step, run_dir, device, checkpoint_path)
+        _start_epoch(loader, cfg.seed, epoch)
+        summary = _run_epoch(step_runner, loader, schedule, cfg, epoch, step, run_dir, checkpoint_path)
         step += steps_per_epoch
         if on_epoch_end is not None:
             summary.update(on_epoch_end(epoch + 1))
@@ -117,42 +129,116 @@ def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_di
     return result
 
 
-def _run_epoch(objective, loader, optimizer, scaler, schedule, autocast, cfg, epoch, step, run_dir, device, checkpoint_path) -> dict:
-    objective.train()
+def prepare_model(objective: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The objective on `device` (channels_last, compiled backbones, SyncBatchNorm as configured), and
+    under torchrun wrapped in DDP; returns what the loop calls forward on."""
+    objective.to(device)
+    if cfg.channels_last if cfg.channels_last is not None else device.type == "cuda":
+        objective.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        for module in compile_targets(objective):
+            module.compile()
+    if not is_distributed():
+        return objective
+    if cfg.sync_bn:
+        if device.type != "cuda":
+            raise UserError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); "
+                            "set train.sync_bn=false on the CPU")
+        nn.SyncBatchNorm.convert_sync_batchnorm(objective.trainable)
+    frozen = _frozen_names(objective)
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, frozen)
+    return DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None,
+                                   broadcast_buffers=False, static_graph=True)
+
+
+def compile_targets(objective: nn.Module) -> list[nn.Module]:
+    """The backbones worth compiling: the objective's `compile_targets()` when it names them, else its trainable parts."""
+    targets = getattr(objective, "compile_targets", None)
+    return list(targets()) if callable(targets) else list(objective.trainable.values())
+
+
+def _frozen_names(objective: nn.Module) -> list[str]:
+    """Names of the parameters and buffers outside `trainable` (the frozen teachers): DDP leaves them alone."""
+    kept = {id(t) for t in [*objective.trainable.parameters(), *objective.trainable.buffers()]}
+    named = [*objective.named_parameters(), *objective.named_buffers()]
+    return [name for name, tensor in named if id(tensor) not in kept]
+
+
+def _start_epoch(loader, seed: int, epoch: int) -> None:
+    """The epoch's order depends only on (seed, epoch): the sampler's `set_epoch`, else the loader's generator."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    elif getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed + epoch)
+
+
+class StepRunner:
+    """One optimizer step: forward under autocast, the finite check, backward, clipping, step, after_step."""
+
+    def __init__(self, model, objective, optimizer, scaler, autocast, cfg: TrainConfig, device: torch.device):
+        self.model, self.objective, self.optimizer, self.scaler = model, objective, optimizer, scaler
+        self.autocast, self.cfg, self.device = autocast, cfg, device
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+
+    def __call__(self, views, index, lr: float) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        views = [self._to_device(v) for v in (views if isinstance(views, (list, tuple)) else [views])]
+        with self.autocast:
+            out = self.model(views, index.to(self.device, non_blocking=True))
+        losses, state = out if isinstance(out, tuple) else (out, None)
+        values = _mean_over_processes(losses)  # also the finite check: a NaN on any rank stops every rank
+        if not math.isfinite(values["loss"]):
+            return values
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(losses["loss"]).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.objective.trainable.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if isinstance(out, tuple):
+            self.objective.after_step(state)
+        else:
+            self.objective.after_step()
+        return values
+
+    def _to_device(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last and images.ndim == 4 else images
+
+
+def _mean_over_processes(losses: dict) -> dict[str, float]:
+    """Every logged number as a float, averaged over processes (one all-reduce of a small vector)."""
+    stacked = torch.stack([value.detach().float().reshape(()) for value in losses.values()])
+    return dict(zip(losses, all_reduce_mean(stacked).tolist()))
+
+
+def _run_epoch(step_runner: StepRunner, loader, schedule, cfg, epoch, step, run_dir, checkpoint_path) -> dict:
+    step_runner.objective.train()
     totals: dict[str, float] = {}
-    start = time.time()
+    start, images = time.time(), 0
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (sys.stderr.isatty() and is_main_process()))
     for i, (views, _labels, index) in enumerate(bar):
-        for group in optimizer.param_groups:
-            group["lr"] = float(schedule[step])
-        views = [v.to(device, non_blocking=True) for v in (views if isinstance(views, (list, tuple)) else [views])]
-        with autocast:
-            out = objective(views, index.to(device))
-        loss = out["loss"]
-        if not torch.isfinite(loss):
+        values = step_runner(views, index, float(schedule[step]))
+        if not math.isfinite(values["loss"]):
             last = checkpoint_path if checkpoint_path.exists() else "none yet"
             raise UserError(
-                f"the loss became {loss.item()} at step {step} (epoch {epoch + 1}); last good checkpoint: {last}; "
+                f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}); last good checkpoint: {last}; "
                 "lower train.lr, or use train.precision=fp32"
             )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(objective.trainable.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        objective.after_step()
-        values = {name: float(value.detach()) for name, value in out.items()}
+        images += index.shape[0] * world_size()
         for name, value in values.items():
             totals[name] = totals.get(name, 0.0) + value
         if cfg.log_every and step % cfg.log_every == 0:
             _append_metrics(run_dir, {"step": step, "epoch": epoch + 1, "lr": float(schedule[step]), **values})
-        bar.set_postfix(loss=f"{values['loss']:.3f}")
+        bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{images / max(time.time() - start, 1e-9):.0f}")
         step += 1
     count = i + 1
-    return {"epoch": epoch + 1, "step": step, "lr": float(schedule[step - 1]), "seconds": round(time.time() - start, 2),
-            **{name: total / count for name, total in totals.items()}}
+    seconds = time.time() - start
+    return {"epoch": epoch + 1, "step": step, "lr": float(schedule[step - 1]), "seconds": round(seconds, 2),
+            "images_per_s": round(images / max(seconds, 1e-9), 1), **{name: total / count for name, total in totals.items()}}
 
 
 def _save(path: Path, objective, optimizer, scaler, epoch: int, step: int, config_dict: dict) -> None:
@@ -172,8 +258,12 @@ def _save(path: Path, objective, optimizer, scaler, epoch: int, step: int, confi
 
 def _resume(path: Path, objective, optimizer, scaler) -> tuple[int, int]:
     state = load_checkpoint(path)
+    trainable = state.get("trainable", {})
+    upgrade = getattr(objective, "upgrade_state_dict", None)  # checkpoints of an older layout of the objective
+    if callable(upgrade):
+        trainable = upgrade(trainable)
     try:
-        objective.trainable.load_state_dict(state["trainable"])
+        objective.trainable.load_state_dict(trainable)
         optimizer.load_state_dict(state["optimizer"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise UserError(
@@ -194,8 +284,9 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
 
 
 def _epoch_line(summary: dict, epochs: int) -> str:
-    parts = "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k not in ("epoch", "step", "lr", "seconds"))
-    return f"epoch {summary['epoch']}/{epochs}  {parts}  lr {summary['lr']:.2e}  {summary['seconds']:.1f}s"
+    parts = "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k not in ("epoch", "step", "lr", "seconds", "images_per_s"))
+    return (f"epoch {summary['epoch']}/{epochs}  {parts}  lr {summary['lr']:.2e}  {summary['seconds']:.1f}s"
+            f"  {summary['images_per_s']:.0f} img/s")
 
 
 def _log(message: str) -> None:

@@ -94,10 +94,13 @@ class Student(nn.Module):
         """The embedding for teacher k (0: the primary's `projector`, k >= 1: `extra_projectors[k - 1]`)."""
         return self.projector(feat) if k == 0 else self.extra_projectors[k - 1](feat)
 
+    def backbone_pass(self, x: torch.Tensor, maps: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """(backbone feature, stage maps or None) of one pass; each teacher's projector then applies to the feature."""
+        if not maps:
+            return self.features(x), None
+        return backbone_with_maps(self.backbone, (x - self.mean) / self.std)
+
     def forward(self, x: torch.Tensor, maps: bool = False) -> Embeddings:
         """`maps=True`: also the backbone's stage maps, from the same single pass."""
-        if not maps:
-            feat = self.features(x)
-            return Embeddings(feat=feat, emb=self.projector(feat))
-        feat, stage_maps = backbone_with_maps(self.backbone, (x - self.mean) / self.std)
+        feat, stage_maps = self.backbone_pass(x, maps)
         return Embeddings(feat=feat, emb=self.projector(feat), maps=stage_maps)

@@ -289,19 +289,19 @@ def test_compress_2q_keeps_its_student_fifo_aligned_with_the_teacher_queue_over_
     teacher_rows, student_rows = [], []
     for step in range(3):
         views_ = [torch.rand(b, 3, 16, 16) for _ in range(views)]
-        out = objective(views_, torch.arange(b) + step * b)
+        out, state = objective(views_, torch.arange(b) + step * b)
         images = torch.cat(views_)
         teacher_rows.append(F.normalize(teacher(images).emb, dim=1))
         student_rows.append(F.normalize(method.momentum_student(images).emb, dim=1))  # what after_step will embed
         if step > 0:  # the loss compares against both queues as they stand before this step's rows
-            s_out, t_out, _ = objective._step
+            s_out, t_out = state.branches[0].student, state.branches[0].teacher
             anchors = (objective.trainable["queue"].get(), method.student_queue.get())
             assert out["compress"].item() == pytest.approx(compress_loss(s_out.emb, t_out.emb, *anchors, 0.04).item(), rel=1e-5)
         optimizer.zero_grad()
         out["loss"].backward()
         optimizer.step()
         ema_before = [p.clone() for p in method.momentum_student.parameters()]
-        objective.after_step()
+        objective.after_step(state)
         for old, new, online in zip(ema_before, method.momentum_student.parameters(), student.parameters()):
             assert torch.allclose(new, 0.5 * old + 0.5 * online.detach(), atol=1e-6)
 

@@ -115,9 +115,9 @@ def test_crd_matches_the_plain_loop_with_views_and_sets_z_once(monkeypatch):
 def test_crd_after_step_updates_the_banks_with_view_zero_rows():
     method, student, teacher, ctx = _crd_setup()
     before_s, before_t = method.student_bank.memory.clone(), method.teacher_bank.memory.clone()
-    method(student, teacher, None, ctx)
+    out = method(student, teacher, None, ctx)
     assert torch.equal(method.student_bank.memory, before_s)  # the forward does not write
-    method.after_step(student, teacher, ctx)
+    method.after_step(student, teacher, ctx, out.memo)  # the rows come from this forward, not from state kept in between
     idx = ctx.index
     e_s = torch.tensor(_embed_by_hand(student.feat[:4], method.embed_student), dtype=torch.float64)
     e_t = torch.tensor(_embed_by_hand(teacher.feat[:4], method.embed_teacher), dtype=torch.float64)
@@ -129,8 +129,8 @@ def test_crd_after_step_updates_the_banks_with_view_zero_rows():
 
 def test_crd_state_dict_round_trip_keeps_banks_and_z():
     method, student, teacher, ctx = _crd_setup()
-    method(student, teacher, None, ctx)
-    method.after_step(student, teacher, ctx)
+    out = method(student, teacher, None, ctx)
+    method.after_step(student, teacher, ctx, out.memo)
     state = method.state_dict()
     assert {"student_bank.memory", "teacher_bank.memory", "z"} <= set(state)
     buffer = io.BytesIO()

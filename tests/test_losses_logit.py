@@ -351,12 +351,12 @@ def test_a_distill_objective_step_runs_forward_and_backward(name, num_classes):
     gen = torch.Generator().manual_seed(12)
     for step in range(2):  # step 0: empty queue (batch anchors); step 1: the queue holds step 0's 8 rows
         views = [torch.rand(4, 3, 32, 32, generator=gen) for _ in range(2)]
-        out = objective(views)
+        out, state = objective(views)
         assert torch.isfinite(out["loss"])
         objective.zero_grad()
         out["loss"].backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.backbone.parameters())
-        objective.after_step()
+        objective.after_step(state)
     if queue is not None:
         assert int(queue.count) == 16
 

@@ -357,13 +357,13 @@ def test_distill_objective_passes_maps_and_trains_the_student(method):
     objective = DistillObjective(teacher, student, build_method(LossConfig(method=method), dims), None)
     optimizer = build_optimizer(objective.trainable, TrainConfig())
     views = [_images(4), _images(4).flip(-1)]
-    out = objective(views)
+    out, state = objective(views)
     assert torch.isfinite(out["loss"])
-    student_out, teacher_out, _ = objective._step
+    student_out, teacher_out = state.branches[0].student, state.branches[0].teacher
     assert (student_out.maps is not None) == (method != "rkd") and (teacher_out.maps is not None) == (method != "rkd")
     optimizer.zero_grad()
     out["loss"].backward()
     optimizer.step()
-    objective.after_step()
+    objective.after_step(state)
     assert student.backbone.conv1[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())

@@ -13,11 +13,13 @@ them all.
 Hooks a method may override (the defaults do nothing):
 - `batch_transform(views)`: change the batch before both networks see it (STKD's mixup);
 - `queue_items(teacher)`: what this step adds to the momentum queue (the teacher's embeddings);
-- `after_step(student, teacher, ctx)`: update the method's own state after the optimizer step
-  (memory banks, a momentum copy of the student);
+- `after_step(student, teacher, ctx, memo)`: update the method's own state after the optimizer step
+  (memory banks, a momentum copy of the student). `memo` is the `.memo` of what this step's forward
+  returned (a `MethodOutput`; not logged): a method hands values from its forward to its after_step
+  that way, never through attributes kept between the calls;
 - `bind_student(student)`: called once with the student module, for methods that keep a momentum
   copy of it (`ctx.images` then lets them run the copy on the step's batch).
-Declared needs: `needs_queue` (the momentum queue of teacher embeddings), `needs_logits` (a
+Declared needs: `needs_maps` (the backbones' stage maps), `needs_queue` (the momentum queue of teacher embeddings), `needs_logits` (a
 supervised teacher's real logits).
 """
 
@@ -29,6 +31,15 @@ import torch
 from torch import nn
 
 from ..embeddings import Embeddings
+
+
+class MethodOutput(dict):
+    """A method's result: the logged tensors ("loss" and its parts), plus `memo`, what the method's
+    `after_step` needs from this forward (CRD: the rows for its memory banks); the memo is not logged."""
+
+    def __init__(self, parts: dict, memo=None):
+        super().__init__(parts)
+        self.memo = memo
 
 
 @dataclass
@@ -53,6 +64,7 @@ class MethodDims:
 class DistillMethod(nn.Module):
     needs_queue: bool = False
     needs_logits: bool = False
+    needs_maps: bool = False
 
     def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
@@ -64,7 +76,7 @@ class DistillMethod(nn.Module):
         """What this step adds to the momentum queue: the teacher's embeddings by default."""
         return teacher.emb
 
-    def after_step(self, student: Embeddings, teacher: Embeddings, ctx: StepContext) -> None:
+    def after_step(self, student: Embeddings, teacher: Embeddings, ctx: StepContext, memo=None) -> None:
         pass
 
     def bind_student(self, student: nn.Module) -> None:

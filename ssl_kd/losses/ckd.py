@@ -16,7 +16,9 @@ The positive is the same sample's student logits; the negatives, the other sampl
 against the same teacher anchor. In-batch only, nothing trainable, one direction (teacher-anchored,
 not symmetrized); the teacher side is detached. With V > 1 views the contrast runs within each view
 (B x B; otherwise another view of the same image would be a negative) and the V losses are
-averaged; V = 1 is exactly the paper's batch. On pseudo-logits (cos / t_p) the normalization
+averaged; V = 1 is exactly the paper's batch. Several processes: the negatives j are the GLOBAL
+batch's student rows of the view (gathered with gradients); the anchors i are this process's rows,
+whose positive sits at their offset in the gathered batch. On pseudo-logits (cos / t_p) the normalization
 cancels t_p: CKD then compares the anchor-similarity vectors themselves. Defaults (config
 `loss.ckd`): tau = 1, w = 10 (the ImageNet setting; the code's cross-entropy on labels, weight 1,
 is dropped: we have no labels).
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 
 from ..config import LossConfig
 from ..embeddings import Embeddings
+from ..parallel import gather_rows, global_row_offset
 from . import register_method
 from .base import MethodDims, StepContext, split_views
 from .logits import LogitMethod
@@ -43,9 +46,9 @@ from .logits import LogitMethod
 def ckd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """cross_entropy(M, arange(B)), M[i, j] = cos(z_T_i, z_S_j) / tau: teacher rows are the anchors."""
     u = F.normalize(teacher_logits.detach(), dim=1)
-    v = F.normalize(student_logits, dim=1)
+    v = gather_rows(F.normalize(student_logits, dim=1))  # every process's students: the negatives
     sim = u @ v.T / temperature
-    target = torch.arange(sim.shape[0], device=sim.device)
+    target = torch.arange(sim.shape[0], device=sim.device) + global_row_offset(sim.shape[0])
     return F.cross_entropy(sim, target)
 
 

@@ -22,6 +22,9 @@ with the momentum student, enqueues the normalized embeddings into A^S, then EMA
 momentum student. The shared teacher queue gets the teacher's V*B rows at the same step, so a^S_j
 and a^T_j are always the same image and view. The momentum student and A^S are submodules, hence
 checkpointed and resumed with the run.
+
+Several processes: per row (local) against banks that every process fills with every process's
+rows (all-gathered before the enqueue), so the teacher and student anchors are identical everywhere.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class CompRess(DistillMethod):
         kl = compress_loss(student.emb, teacher.emb, teacher_anchors, student_anchors, self.temperature)
         return {"loss": self.weight * kl, "compress": kl.detach()}
 
-    def after_step(self, student: Embeddings, teacher: Embeddings, ctx: StepContext) -> None:
+    def after_step(self, student: Embeddings, teacher: Embeddings, ctx: StepContext, memo=None) -> None:
         """2q: enqueue the momentum student's embeddings of this step's images, then EMA-update it."""
         if self.queues == 1:
             return

@@ -21,7 +21,9 @@ Banks: after the optimizer step, the view-0 rows of this step's e^S and e^T (as 
 forward) update M^S and M^T at `ctx.index`: M_i <- n(0.5 M_i + 0.5 e_i). Using only view 0 keeps
 one update per image and step, as in the single-view original. The V views of an image share its
 K sampled negatives. Z (both directions) is a persistent buffer, -1 until the first batch sets it,
-so a resumed run keeps the same normalization.
+so a resumed run keeps the same normalization. Several processes: every statistic is per row
+(local) but Z, whose first-batch mean is taken over all processes, and the banks, which every process
+updates with every process's rows (all-gathered indices and embeddings), so they stay identical.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from torch import nn
 from ..config import LossConfig
 from ..embeddings import Embeddings
 from . import register_method
-from .base import DistillMethod, MethodDims, StepContext, split_views
+from .base import DistillMethod, MethodOutput, MethodDims, StepContext, split_views
+from ..parallel import all_reduce_mean
 from .memory import MemoryBank, full_precision
 
 EPS = 1e-7  # RepDistiller's crd/criterion.py
@@ -81,7 +84,6 @@ class CRD(DistillMethod):
         self.student_bank = MemoryBank(num_samples, embed_dim)  # M^S
         self.teacher_bank = MemoryBank(num_samples, embed_dim)  # M^T
         self.register_buffer("z", torch.full((2,), -1.0))  # Z of [student anchors vs M^T, teacher anchors vs M^S]
-        self._pending: tuple | None = None  # (index, view-0 e^S, view-0 e^T) for after_step
 
     def embed(self, student: Embeddings, teacher: Embeddings) -> tuple[torch.Tensor, torch.Tensor]:
         """e^S = n(W_S f^S), e^T = n(W_T f^T) for all rows."""
@@ -100,24 +102,24 @@ class CRD(DistillMethod):
         student_side = nce_loss(s_scores, self.z[0], self.num_samples)
         teacher_side = nce_loss(t_scores, self.z[1], self.num_samples)
         batch = index.shape[0]
-        self._pending = (index, e_s[:batch].detach(), e_t[:batch].detach())
         crd = student_side + teacher_side
-        return {"loss": self.weight * crd, "crd": crd.detach(), "crd_student": student_side.detach(), "crd_teacher": teacher_side.detach()}
+        parts = {"loss": self.weight * crd, "crd": crd.detach(), "crd_student": student_side.detach(), "crd_teacher": teacher_side.detach()}
+        return MethodOutput(parts, memo=(index, e_s[:batch].detach(), e_t[:batch].detach()))  # the banks' rows, for after_step
 
     @torch.no_grad()
     def _set_z_once(self, s_scores: torch.Tensor, t_scores: torch.Tensor) -> None:
         """Z = N * mean(exp(<v, m>/tau)) of the first batch, per direction; fixed afterwards."""
-        if bool((self.z < 0).any()):
-            self.z.copy_(torch.stack([s_scores.mean(), t_scores.mean()]).to(self.z) * self.num_samples)
+        if bool((self.z < 0).any()):  # the mean over every process's rows: one Z everywhere
+            self.z.copy_(all_reduce_mean(torch.stack([s_scores.mean(), t_scores.mean()])).to(self.z) * self.num_samples)
 
-    def after_step(self, student: Embeddings, teacher: Embeddings, ctx: StepContext) -> None:
-        """M^S, M^T <- the view-0 embeddings of this step's images (momentum update, renormalized)."""
-        if self._pending is None:
-            return
-        index, e_s, e_t = self._pending
+    def after_step(self, student: Embeddings, teacher: Embeddings, ctx: StepContext, memo=None) -> None:
+        """M^S, M^T <- the view-0 embeddings of this step's images (momentum update, renormalized); `memo` is
+        the (index, e^S, e^T) memo of this step's forward."""
+        if memo is None:
+            raise ValueError("CRD.after_step needs the memo its forward returned (out.memo): the rows for its banks")
+        index, e_s, e_t = memo
         self.student_bank.update(index, e_s, self.momentum)
         self.teacher_bank.update(index, e_t, self.momentum)
-        self._pending = None
 
 
 @register_method("crd")

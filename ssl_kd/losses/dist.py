@@ -18,7 +18,9 @@ beta, gamma the weights of the two relations; eps = 1e-8.
 The softmax is taken row-wise BEFORE transposing for the intra term (columns are not re-softmaxed).
 Pearson ignores shifts and scales of the compared vectors: the student matches the teacher's
 relations, not its exact probabilities (the paper's point for stronger teachers). The teacher side
-is detached. Defaults (config `loss.dist`): tau = 1, beta = gamma = 2 (the ImageNet configs: the
+is detached. Several processes: L_intra (each class's column over the batch) is over the GLOBAL
+batch, its Y rows gathered from every process with gradients; L_inter is per row (local).
+Defaults (config `loss.dist`): tau = 1, beta = gamma = 2 (the ImageNet configs: the
 loss's beta = gamma = 1 times kd_loss_weight 2; their cross-entropy on labels is dropped).
 """
 
@@ -28,6 +30,7 @@ import torch
 
 from ..config import LossConfig
 from ..embeddings import Embeddings
+from ..parallel import gather_rows
 from . import register_method
 from .base import MethodDims, StepContext
 from .logits import LogitMethod
@@ -47,7 +50,7 @@ def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     y_s = torch.softmax(student_logits / temperature, dim=1)
     y_t = torch.softmax(teacher_logits.detach() / temperature, dim=1)
     inter = pearson_distance(y_s, y_t).mean()
-    intra = pearson_distance(y_s.T, y_t.T).mean()  # softmax already taken row-wise
+    intra = pearson_distance(gather_rows(y_s).T, gather_rows(y_t).T).mean()  # softmax already taken row-wise; global batch
     return inter, intra
 
 

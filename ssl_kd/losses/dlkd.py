@@ -26,6 +26,12 @@ With s_i = n(h_A(f^S_i)), t_i = n(f^T_i) of the same view:
 
 Total: L = d * L_align + a * L_corr + b * L_contrast; defaults d = 10, a = 20, b = 0.5 (the paper's
 ImageNet script, without its cross-entropy on labels). A weight of 0 switches a term off (ablation).
+
+Several processes (torchrun): the correlation's anchors N are the view-0 rows of the GLOBAL batch
+(gathered from every process, with gradients), so each view is matched by its distribution over all
+the batch's images as in one process; the rows A it averages over are this process's (DDP's gradient
+average makes that the global mean). Alignment and the queue contrast are per row (local), and the
+queue holds every process's teacher rows.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 
 from ..config import LossConfig
 from ..embeddings import Embeddings
+from ..parallel import gather_rows
 from ..students import mlp_head
 from . import register_method
 from .base import DistillMethod, MethodDims, StepContext, split_views
@@ -52,8 +59,8 @@ def correlation_loss(student: torch.Tensor, teacher: torch.Tensor, num_views: in
         raise ValueError("the correlation term compares views with anchors: it needs at least 2 views")
     s = split_views(F.normalize(student, dim=1), num_views)
     t = split_views(F.normalize(teacher.detach(), dim=1), num_views)
-    s_sim = s[1:].flatten(0, 1) @ s[0].T  # [(V-1)B, B]
-    t_sim = t[1:].flatten(0, 1) @ t[0].T
+    s_sim = s[1:].flatten(0, 1) @ gather_rows(s[0]).T  # [(V-1)B, B_global]: anchors from every process
+    t_sim = t[1:].flatten(0, 1) @ gather_rows(t[0]).T
     log_p_student = F.log_softmax(s_sim / temperature, dim=1)
     log_p_teacher = F.log_softmax(t_sim / temperature, dim=1)
     return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)

@@ -26,6 +26,8 @@ parameters exist (uninitialized) from construction and are materialized in place
 nn.Conv2d's default init, by the first forward (or by loading a state dict). The teacher side has
 no gradient. The original paper trains in two stages (hints, then KD); RepDistiller and this file
 train the hint jointly, as the only objective.
+
+Several processes: per row (local); nothing is gathered.
 """
 
 from __future__ import annotations

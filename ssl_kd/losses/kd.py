@@ -14,6 +14,9 @@ Symbols. N = V*B rows (every view of every image is a sample); z^T, z^S teacher/
 tau^2 keeps the soft-target gradients' size comparable across temperatures. Defaults (config
 `loss.kd`): tau = 4, w = 1 (RepDistiller's CIFAR tau; there the total is 0.1 CE + 0.9 KD, but we
 have no labels). The teacher side is detached.
+
+Several processes: per row (local); the pseudo-logits' anchors (the queue) are identical on every
+process.
 """
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ method's own temperature tau: KD, STKD and DIST see softmax(cos / (t_p * tau)); 
 the logits, so t_p cancels there.
 
 First step: the queue is still empty (None or 0 rows); the anchors are then the current batch's own
-normalized teacher embeddings (K = N rows), so the first step has a well-defined loss too.
+normalized teacher embeddings (K = N rows; the global batch's, gathered, under several processes), so
+the first step has a well-defined loss too. Every other statistic here is per row (local).
 
 Neither the anchors nor the teacher's logits ever carry gradient.
 """
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..embeddings import Embeddings
+from ..parallel import all_gather_cat
 from .base import DistillMethod, MethodDims
 
 
@@ -63,7 +65,7 @@ def pseudo_anchors(teacher: Embeddings, queue: torch.Tensor | None) -> torch.Ten
     """The queue's rows; while it is empty, the batch's own normalized teacher embeddings."""
     if queue is not None and queue.numel() > 0:
         return queue.detach()
-    return F.normalize(teacher.emb.detach(), dim=1)
+    return all_gather_cat(F.normalize(teacher.emb.detach(), dim=1))
 
 
 def method_logits(

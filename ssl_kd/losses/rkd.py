@@ -21,6 +21,10 @@ has no gradient; the student's mu_S does (as in RepDistiller). Both terms run in
 autocast (squared distances from a Gram matrix cancel badly in bf16). The angle term is computed from
 the Gram matrix (`triplet_angles`): N^3 cosines (N = 256 rows: 64 MB in float32), never the N x N x D
 differences (1 GB at D = 2048).
+
+Several processes: the distance term is over the GLOBAL batch (rows gathered from every process,
+the student's with gradients; N^2 work). The angle term stays per process (N^3 memory: 8 processes
+of 512 rows would need 137 GB for the global batch's triplets); its mean over processes is the loss.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 
 from ..config import LossConfig
 from ..embeddings import Embeddings
+from ..parallel import gather_rows
 from . import register_method
 from .base import DistillMethod, MethodDims, StepContext
 
@@ -98,7 +103,8 @@ class RKD(DistillMethod):
         terms = {"distance": (self.distance_weight, rkd_distance_loss), "angle": (self.angle_weight, rkd_angle_loss)}
         with torch.autocast(student.feat.device.type, enabled=False):  # float32: see the module notes
             s, t = at_least_float32(student.feat), at_least_float32(teacher.feat.detach())
-            parts = {name: term(s, t) for name, (weight, term) in terms.items() if weight != 0}  # 0: ablation
+            rows = {"distance": (gather_rows(s), gather_rows(t)), "angle": (s, t)}  # distances: global batch; angles: local
+            parts = {name: term(*rows[name]) for name, (weight, term) in terms.items() if weight != 0}  # 0: ablation
         total = sum(terms[name][0] * value for name, value in parts.items())
         return {"loss": total, **{name: value.detach() for name, value in parts.items()}}
 

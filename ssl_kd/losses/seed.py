@@ -16,6 +16,9 @@ Defaults tau_S = 0.2, tau_T = 1e-4 (the code's), weight 1. With tau_T -> 0 the t
 entry 0 (<t_i, t_i> = 1 is the largest entry), and L_SEED is InfoNCE with the teacher embedding as
 the positive and the queue as the negatives. The logits are computed in float32 (a 1e-4
 temperature scales them by 1e4).
+
+Several processes: every term is per row (local); the queue holds every process's teacher rows
+(all-gathered before the enqueue, SEED's `concat_all_gather`), identical on every process.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ Q = A flattened to [N, C*H*W]; n_rows(.) L2 normalization of each row.
 Row normalization makes each network's G independent of the scale of its maps, so the student only
 copies which images the teacher finds alike. The teacher side has no gradient; the Gram matrices
 are formed in float32 outside autocast (bf16 rounding of G is of the order of the differences).
+
+Several processes: G is the GLOBAL batch's (N = all processes' rows): each process forms its own rows
+of G against every process's Q (gathered, the student's with gradients) and sums their squared
+differences; times the number of processes W, the mean over processes is the one-process loss.
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ import torch.nn.functional as F
 
 from ..config import LossConfig
 from ..embeddings import Embeddings
+from ..parallel import gather_rows, world_size
 from . import register_method
 from .base import DistillMethod, MethodDims, StepContext
 from .rkd import at_least_float32
 
 
-def normalized_gram(maps: torch.Tensor) -> torch.Tensor:
-    """n_rows(Q Q^T) for Q = `maps` flattened per row: [N, N]."""
+def normalized_gram(maps: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+    """n_rows(Q K^T) for Q = `maps` flattened per row and K = `keys` (flattened; default Q itself): [N, M]."""
     q = maps.flatten(1)
-    return F.normalize(q @ q.T, p=2, dim=1)
+    k = q if keys is None else keys.flatten(1)
+    return F.normalize(q @ k.T, p=2, dim=1)
 
 
 def similarity_preserving_loss(student_maps: torch.Tensor, teacher_maps: torch.Tensor) -> torch.Tensor:
@@ -40,9 +46,10 @@ def similarity_preserving_loss(student_maps: torch.Tensor, teacher_maps: torch.T
     if student_maps.shape[0] != teacher_maps.shape[0]:
         raise ValueError(f"SP compares the same images: {student_maps.shape[0]} student rows, {teacher_maps.shape[0]} teacher rows")
     with torch.no_grad():
-        target = normalized_gram(teacher_maps)
-    n = student_maps.shape[0]
-    return (target - normalized_gram(student_maps)).pow(2).sum() / (n * n)
+        target = normalized_gram(teacher_maps, gather_rows(teacher_maps))  # this process's rows of the global G^T
+    student_gram = normalized_gram(student_maps, gather_rows(student_maps))
+    n = target.shape[1]  # rows of the global batch
+    return (target - student_gram).pow(2).sum() / (n * n) * world_size()
 
 
 class SP(DistillMethod):

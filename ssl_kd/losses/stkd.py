@@ -24,6 +24,9 @@ KL term up to the teacher's entropy (a constant for the student), so it would on
 KL only, for every teacher. The momentum queue (pseudo-logit anchors) receives the teacher's
 embeddings of the mixed images, the only ones this step computes. Defaults (config `loss.stkd`,
 guesses: the paper's values are unknown): tau = 4, alpha = 1, w = 1.
+
+Several processes: the mixup partner pi(i) is drawn within this process's batch (local), as the
+logit loss is per row; lam is drawn per process.
 """
 
 from __future__ import annotations
