@@ -268,11 +268,11 @@ def per_process_batch(batch_size: int, num_images: int, world: int) -> int:
     """Images each of `world` processes takes per step for a GLOBAL batch of `batch_size` (tiny data:
     the whole set, as one batch, rather than none)."""
     batch_size = min(batch_size, num_images)
+    if batch_size < world:
+        raise UserError(f"{num_images} training images cannot feed {world} processes; use more images or fewer processes")
     if batch_size % world:
         raise UserError(f"train.batch_size={batch_size} does not split over {world} processes; "
                         f"give a multiple of {world} (it is the global batch, summed over processes)")
-    if batch_size < world:
-        raise UserError(f"{num_images} training images cannot feed {world} processes; use more images or fewer processes")
     return batch_size // world
 
 

@@ -129,16 +129,6 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     return all_gather_with_grad(tensor) if tensor.requires_grad else all_gather_cat(tensor)
 
 
-def gather_views(tensor: torch.Tensor, num_views: int) -> torch.Tensor:
-    """The global batch of view-major rows ([V*b, ...] on each rank -> [V*W*b, ...]), still view-major:
-    view v of every rank's images, in rank order, then view v + 1. Keeps the gradient."""
-    if not is_distributed():
-        return tensor
-    gathered = gather_rows(tensor)  # [W, V*b] rank-major
-    per_rank = gathered.view(world_size(), num_views, -1, *tensor.shape[1:])
-    return per_rank.transpose(0, 1).reshape(-1, *tensor.shape[1:])
-
-
 def global_row_offset(local_rows: int) -> int:
     """Where this rank's rows start in a rank-order gather of `local_rows` rows from every rank."""
     return rank() * local_rows
