@@ -9,6 +9,7 @@ Every (method, seed) run is a normal distillation run in OUT/<method>/seed<N>/ (
 whose result.json exists is not run again). The teacher and raw pixels are evaluated once, the
 random-init student once per seed (its init seed is the run's seed). Writes OUT/compare.json,
 compare.md and compare.png (k-NN top-1, mean ± std over seeds); the table also prints.
+Under torchrun every process trains each run and takes part in its evaluation; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_kd.cli import add_config_arguments, config_from_args, setup_logging, split_teachers, write_config  # noqa: E402
+from ssl_kd.cli import add_config_arguments, config_from_args, distributed_session, say, setup_logging, split_teachers, write_config  # noqa: E402
 from ssl_kd.config import Config  # noqa: E402
 from ssl_kd.data import resolve_data_config  # noqa: E402
 from ssl_kd.distill import build_student, distill, method_names  # noqa: E402
@@ -30,6 +31,7 @@ from ssl_kd.errors import UserError, cli_main  # noqa: E402
 from ssl_kd.evaluation.compare import aggregate, markdown, write  # noqa: E402
 from ssl_kd.evaluation.suite import RawPixels, evaluate_model  # noqa: E402
 from ssl_kd.job import data_summary, eval_loaders, knn_monitor, load_inputs, machine_description, protocol  # noqa: E402
+from ssl_kd.parallel import barrier, is_main_process  # noqa: E402
 
 DEFAULT_METHODS = "dlkd,seed,compress_1q,ssl_scratch"
 FLAGS = {"teacher": "teacher.path", "teacher_arch": "teacher.arch", "data": "data.name", "data_root": "data.root",
@@ -75,6 +77,11 @@ def main(argv=None) -> dict:
     methods, seeds = chosen_methods(args.methods), list(range(args.seeds))
     if not seeds:
         raise UserError("--seeds must be at least 1")
+    with distributed_session(cfg.train):
+        return compare(cfg, methods, seeds)
+
+
+def compare(cfg: Config, methods: list[str], seeds: list[int]) -> dict:
     out = Path(cfg.out)
     write_config(cfg, out)
     inputs = load_inputs(cfg)
@@ -92,9 +99,10 @@ def main(argv=None) -> dict:
     meta = {"methods": methods, "seeds": len(seeds), "epochs": cfg.train.epochs, "student": cfg.student.arch,
             "teacher": {"arch": inputs.teacher.arch, "source": inputs.teacher_path}, "data": data_summary(cfg, inputs),
             "machine": machine_description(inputs.device), "protocol": protocol(cfg)}
-    paths = write(out, table, meta)
-    print("\n" + markdown(table, cfg.eval.knn_k, cfg.eval.knn_temperature) + "\n")
-    print("wrote " + ", ".join(str(p) for p in paths))
+    if is_main_process():
+        paths = write(out, table, meta)
+        print("\n" + markdown(table, cfg.eval.knn_k, cfg.eval.knn_temperature) + "\n")
+        print("wrote " + ", ".join(str(p) for p in paths))
     return {**meta, "table": table}
 
 
@@ -114,15 +122,17 @@ def run_one(cfg: Config, inputs, method: str, seed: int, out: Path, evaluate) ->
     run_cfg = seeded(cfg, method, seed, out)
     result_path = Path(run_cfg.out) / "result.json"
     if result_path.exists():
-        print(f"{method} seed {seed}: done before ({result_path})")
+        say(f"{method} seed {seed}: done before ({result_path})")
         return json.loads(result_path.read_text())
-    print(f"{method} seed {seed}: distilling {cfg.train.epochs} epochs")
+    say(f"{method} seed {seed}: distilling {cfg.train.epochs} epochs")
     started = time.time()
     run = distill(run_cfg, inputs.teacher, Path(run_cfg.out), inputs.extra_teachers, monitor=knn_monitor(run_cfg, inputs))
     result = {k: v for k, v in evaluate(run.student, method).items() if k in ("knn_top1", "knn_top5", "linear_top1", "recall_at_1", "map_at_r")}
     result.update(train_seconds=run.train_seconds, wall_seconds=round(time.time() - started, 1))
-    result_path.write_text(json.dumps(result, indent=2))
-    print(f"{method} seed {seed}: k-NN top-1 {result['knn_top1']:.1f}")
+    if is_main_process():
+        result_path.write_text(json.dumps(result, indent=2))
+    barrier()  # every process sees the same result files when it next checks for them
+    say(f"{method} seed {seed}: k-NN top-1 {result['knn_top1']:.1f}")
     return result
 
 
