@@ -22,6 +22,7 @@ from ssl_kd.errors import cli_main  # noqa: E402
 from ssl_kd.evaluation.classwise import classwise_report  # noqa: E402
 from ssl_kd.evaluation.entry import add_eval_arguments, describe, load_eval_inputs, parse_ks, split_features, write_json  # noqa: E402
 from ssl_kd.evaluation.knn import knn_classify  # noqa: E402
+from ssl_kd.evaluation.on_main import on_main_process  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -31,7 +32,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--temperature", type=float, default=0.07, help="T of the vote weights exp(cos / T) (default 0.07)")
     args = parser.parse_args(argv)
     inputs = load_eval_inputs(args)
-    train_x, train_y, test_x, test_y = split_features(inputs, args)
+    features = split_features(inputs, args)  # every rank under torchrun; the rest once, on rank 0
+    return on_main_process(lambda: report(inputs, args, *features))
+
+
+def report(inputs, args: argparse.Namespace, train_x, train_y, test_x, test_y) -> dict:
+    """k-NN of the features: print the table, write --out, return every number."""
     knn = knn_classify(train_x, train_y, test_x, test_y, ks=parse_ks(args.ks), temperature=args.temperature)
     classwise = classwise_report(knn.predictions, test_y, inputs.classes[: knn.num_classes])
 

@@ -23,10 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_kd.data import build_dataset, make_loader  # noqa: E402
-from ssl_kd.errors import cli_main  # noqa: E402
+from ssl_kd.errors import UserError, cli_main  # noqa: E402
 from ssl_kd.evaluation.augmented_probe import augmented_linear_probe, probe_train_transform  # noqa: E402
 from ssl_kd.evaluation.entry import add_eval_arguments, describe, load_eval_inputs, split_features, write_json  # noqa: E402
 from ssl_kd.evaluation.linear_probe import linear_probe  # noqa: E402
+from ssl_kd.evaluation.on_main import on_main_process  # noqa: E402
+from ssl_kd.parallel import is_distributed  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -39,13 +41,19 @@ def main(argv=None) -> dict:
     inputs = load_eval_inputs(args)
     started = time.perf_counter()
     if args.protocol == "cached":
-        train_x, train_y, test_x, test_y = split_features(inputs, args)
-        probe = linear_probe(train_x, train_y, test_x, test_y)
-    else:
-        train = build_dataset(inputs.data, "train", probe_train_transform(inputs.data))
-        test_loader = make_loader(inputs.test, args.batch_size, train=False, num_workers=args.num_workers)
-        probe = augmented_linear_probe(inputs.model, train, test_loader, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                       device=inputs.device, num_workers=args.num_workers)
+        features = split_features(inputs, args)  # every rank under torchrun; the probe once, on rank 0
+        return on_main_process(lambda: report(inputs, args, linear_probe(*features), started))
+    if is_distributed():
+        raise UserError("--protocol augment trains in one process; run it without torchrun")
+    train = build_dataset(inputs.data, "train", probe_train_transform(inputs.data))
+    test_loader = make_loader(inputs.test, args.batch_size, train=False, num_workers=args.num_workers)
+    probe = augmented_linear_probe(inputs.model, train, test_loader, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                   device=inputs.device, num_workers=args.num_workers)
+    return report(inputs, args, probe, started)
+
+
+def report(inputs, args: argparse.Namespace, probe: dict, started: float) -> dict:
+    """Print the probe's accuracy, write --out, return every number."""
     seconds = time.perf_counter() - started
     print(f"{inputs.model.arch} on {inputs.data.name}, {probe['protocol']}: top-1 {probe['top1']:.2f}  top-5 {probe['top5']:.2f}  "
           f"({seconds:.1f} s)")

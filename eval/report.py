@@ -21,13 +21,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_kd.config import load_config  # noqa: E402
-from ssl_kd.data import build_dataset, eval_transform, resolve_data_config  # noqa: E402
+from ssl_kd.data import resolve_data_config  # noqa: E402
 from ssl_kd.errors import UserError, cli_main  # noqa: E402
-from ssl_kd.evaluation.entry import DEFAULT_CACHE  # noqa: E402
+from ssl_kd.evaluation.entry import DEFAULT_CACHE, cache_dir  # noqa: E402
+from ssl_kd.evaluation.inputs import eval_split  # noqa: E402
 from ssl_kd.evaluation.models import load_eval_model  # noqa: E402
+from ssl_kd.evaluation.on_main import on_main_process  # noqa: E402
 from ssl_kd.evaluation.report import markdown_rows, multi_report, write_figures, write_multi_report  # noqa: E402
 from ssl_kd.feature_cache import cached_features  # noqa: E402
-from ssl_kd.loop import resolve_device  # noqa: E402
+from ssl_kd.parallel import init_distributed  # noqa: E402
 
 
 def read_run(run: Path) -> dict:
@@ -37,12 +39,12 @@ def read_run(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def student_test_features(run: Path, cache_dir: str | None, device) -> tuple:
+def student_test_features(run: Path, cache: str | None, device) -> tuple:
     """(features, labels, class names) of the run's student on its test split, with the run's own data config."""
     data = resolve_data_config(load_config(str(run / "config.yaml")).data)
-    dataset = build_dataset(data, "test", eval_transform(data))
+    dataset = eval_split(data, "test")
     model = load_eval_model(run).to(device)
-    feats, labels = cached_features(model, dataset, cache_dir=cache_dir, device=device, num_workers=data.num_workers, progress=False)
+    feats, labels = cached_features(model, dataset, cache_dir=cache, device=device, num_workers=data.num_workers, progress=False)
     return feats, labels, list(dataset.classes)
 
 
@@ -60,14 +62,18 @@ def main(argv=None) -> dict:
     if len(labels) != len(runs) or len(set(labels)) != len(labels):
         raise UserError(f"--labels needs {len(runs)} distinct comma-separated names, one per run, got '{args.labels}'")
     reports = {label: read_run(run) for label, run in zip(labels, runs)}
-    cache = None if args.cache_dir.lower() == "none" else args.cache_dir
-    device = resolve_device(args.device)
-    out = Path(args.out)
+    cache = cache_dir(args)
+    device = init_distributed(args.device)  # under torchrun every rank extracts a shard; rank 0 writes
+    features = {label: student_test_features(run, cache, device) for label, run in zip(labels, runs)}
+    return on_main_process(lambda: write_combined_report(Path(args.out), reports, runs, features, args.scatter))
+
+
+def write_combined_report(out: Path, reports: dict, runs: list[Path], features: dict, scatter: str) -> dict:
+    """The combined report, its figures and its table: report.json, report.md and the PNGs in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     combined = multi_report(reports)
     teacher_top1 = next(iter(reports.values()))["teacher"]["knn_top1"]
-    features = {label: student_test_features(run, cache, device) for label, run in zip(labels, runs)}
-    figures = write_figures(out, {label: run / "metrics.jsonl" for label, run in zip(labels, runs)}, teacher_top1, features, args.scatter)
+    figures = write_figures(out, {label: run / "metrics.jsonl" for label, run in zip(reports, runs)}, teacher_top1, features, scatter)
     json_path, md_path = write_multi_report(out, combined, figures)
     print(markdown_rows([(r["label"], r) for r in combined["rows"]], combined["protocol"]))
     print(f"\nwrote {md_path}, {json_path} and {len(figures)} figures in {out}")

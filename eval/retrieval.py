@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssl_kd.errors import cli_main  # noqa: E402
 from ssl_kd.evaluation.entry import add_eval_arguments, describe, load_eval_inputs, parse_ks, split_features, write_json  # noqa: E402
+from ssl_kd.evaluation.on_main import on_main_process  # noqa: E402
 from ssl_kd.evaluation.retrieval import retrieval_metrics  # noqa: E402
 
 
@@ -27,7 +28,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--ks", default="1,5,10", help="recall cut-offs (default 1,5,10)")
     args = parser.parse_args(argv)
     inputs = load_eval_inputs(args)
-    train_x, train_y, test_x, test_y = split_features(inputs, args)
+    features = split_features(inputs, args)  # every rank under torchrun; the rest once, on rank 0
+    return on_main_process(lambda: report(inputs, args, *features))
+
+
+def report(inputs, args: argparse.Namespace, train_x, train_y, test_x, test_y) -> dict:
+    """Retrieval metrics of the features: print them, write --out, return them."""
     result = retrieval_metrics(train_x, train_y, test_x, test_y, ks=parse_ks(args.ks))
     print(f"{inputs.model.arch} on {inputs.data.name}: {result.num_query} queries (test) against {result.num_db} items (train)")
     print("  ".join(f"recall@{k} {value:.2f}" for k, value in result.recall.items()) + f"  MAP@R {result.map_at_r:.2f}")

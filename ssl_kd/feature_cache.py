@@ -4,6 +4,11 @@ The key (`feature_cache_key`) hashes the model's weights, the data and the trans
 teacher's (or a finished student's) features are extracted once and reused by k-NN, retrieval and the
 linear probe, and any change to the weights, the images, the labels or the transform invalidates them.
 Files are safetensors (no pickle), written atomically; float16 storage halves them.
+
+`cached_features` is the one way the project computes the features of a dataset for evaluation (the
+pipelines' report, the k-NN monitor, the `eval/` entry points). Under torchrun every rank calls it:
+rank 0 alone looks up and writes the cache file, every rank extracts its shard of the dataset
+(`ssl_kd.feature_shards`), and every rank returns the same features as one process would.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from ssl_kd.errors import UserError
-from ssl_kd.features import _show_progress, extract_features
+from ssl_kd.feature_shards import broadcast_from_main, sharded_features
+from ssl_kd.features import _show_progress
+from ssl_kd.parallel import barrier, broadcast_object, is_main_process
 
 __all__ = ["CACHE_DTYPES", "cached_features", "feature_cache_key"]
 
@@ -91,8 +97,13 @@ def cached_features(
     reported with one warning and overwritten. A line says when the cache was used or written if
     the progress bar is shown (`progress`, as in `extract_features`).
 
+    Under torchrun every rank must call it with the same dataset: rank 0 computes the key and reads
+    the file, and sends what it read to the other ranks; on a miss every rank extracts its shard
+    (`sharded_features`), rank 0 writes the file, and the others wait for it at a barrier. Only rank
+    0 touches `cache_dir` (so another rank's `cache_dir` does not matter) or prints.
+
     The model must already live on `device`; its train/eval flags are left as they were.
-    Returns (feats float32 [N, D], labels int64 [N]) on the CPU.
+    Returns (feats float32 [N, D], labels int64 [N]) on the CPU, the same on every rank.
     """
     if dtype not in CACHE_DTYPES:
         raise UserError(f"unknown feature cache dtype {dtype!r}; choose one of: {', '.join(CACHE_DTYPES)}")
@@ -101,39 +112,54 @@ def cached_features(
     if cache_dir is None:
         return _extract(model, dataset, batch_size, num_workers, device, normalize, desc, progress)
 
-    key = feature_cache_key(model, dataset, normalize=normalize, extra=extra)
-    path = Path(cache_dir) / f"{key}.safetensors"
-    show = _show_progress(progress)
-    if path.exists():
-        try:
-            feats, labels, stored = _read_cache(path, key, len(dataset))
-        except _BadCache as err:
-            warnings.warn(f"features: ignoring unreadable cache {path} ({err}); recomputing", RuntimeWarning, stacklevel=2)
-        else:
-            if stored == "float32" or stored == dtype:
-                if show:
-                    print(f"features: reused cache {path}", file=sys.stderr, flush=True)
-                return feats, labels
+    show = _show_progress(progress) and is_main_process()
+    cached = key = path = None
+    if is_main_process():  # one process decides; the others follow its answer
+        key = feature_cache_key(model, dataset, normalize=normalize, extra=extra)
+        path = Path(cache_dir) / f"{key}.safetensors"
+        cached = _usable_cache(path, key, len(dataset), dtype, show)
+    if broadcast_object(cached is not None):
+        feats, labels = cached or (None, None)
+        return broadcast_from_main(feats), broadcast_from_main(labels)
 
     feats, labels = _extract(model, dataset, batch_size, num_workers, device, normalize, desc, progress)
     stored_feats = feats.to(getattr(torch, dtype)).contiguous()
-    metadata = {
-        "format": _CACHE_FORMAT,
-        "key": key,
-        "model": _class_name(model),
-        "n": str(stored_feats.shape[0]),
-        "dim": str(stored_feats.shape[1]),
-        "dtype": dtype,
-        "normalize": str(bool(normalize)),
-    }
-    if _write_cache(path, {"feats": stored_feats, "labels": labels.long().contiguous()}, metadata) and show:
-        print(f"features: wrote cache {path}", file=sys.stderr, flush=True)
+    if is_main_process():
+        metadata = {
+            "format": _CACHE_FORMAT,
+            "key": key,
+            "model": _class_name(model),
+            "n": str(stored_feats.shape[0]),
+            "dim": str(stored_feats.shape[1]),
+            "dtype": dtype,
+            "normalize": str(bool(normalize)),
+        }
+        if _write_cache(path, {"feats": stored_feats, "labels": labels.long().contiguous()}, metadata) and show:
+            print(f"features: wrote cache {path}", file=sys.stderr, flush=True)
+    barrier()  # the file exists (or failed to) on every rank's return
     return stored_feats.float(), labels.long()
 
 
 def _extract(model, dataset, batch_size, num_workers, device, normalize, desc, progress) -> tuple[Tensor, Tensor]:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers)
-    return extract_features(model, loader, device=device, normalize=normalize, desc=desc, progress=progress)
+    return sharded_features(model, dataset, batch_size=batch_size, num_workers=num_workers, device=device, normalize=normalize,
+                            desc=desc, progress=progress)
+
+
+def _usable_cache(path: Path, key: str, n: int, dtype: str, show: bool) -> tuple[Tensor, Tensor] | None:
+    """(feats, labels) of the cache file at `path` when it exists, is sound and serves `dtype`; else None
+    (an unsound file is reported with a warning, and will be overwritten)."""
+    if not path.exists():
+        return None
+    try:
+        feats, labels, stored = _read_cache(path, key, n)
+    except _BadCache as err:
+        warnings.warn(f"features: ignoring unreadable cache {path} ({err}); recomputing", RuntimeWarning, stacklevel=4)
+        return None
+    if stored != "float32" and stored != dtype:
+        return None
+    if show:
+        print(f"features: reused cache {path}", file=sys.stderr, flush=True)
+    return feats, labels
 
 
 class _BadCache(Exception):

@@ -1,7 +1,8 @@
 """Extract frozen features of a whole dataset, for k-NN, retrieval and linear-probe evaluation.
 
-`extract_features` runs a model over a loader; `ssl_kd.feature_cache.cached_features` keeps its
-result on disk.
+`extract_features` runs a model over a loader; `ssl_kd.feature_shards.sharded_features` runs it over
+a whole dataset with every torchrun rank taking a shard; `ssl_kd.feature_cache.cached_features` (the
+one entry point of evaluation) keeps the result on disk.
 """
 
 from __future__ import annotations

@@ -2,6 +2,9 @@
 baselines with one protocol, describe the machine.
 
 `pipelines/distill_ssl.py` (one run) and `pipelines/compare.py` (methods x seeds) both build on it.
+The evaluation splits come from `ssl_kd.evaluation.inputs` and every feature from `cached_features`,
+as for the `eval/` entry points. Under torchrun every rank calls these functions: all ranks extract
+features (each its shard), rank 0 alone scores, and every rank returns rank 0's numbers.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .data import build_dataset, eval_transform, make_loader
+from .data import make_loader
 from .defaults import default_teacher
 from .distill import build_student
+from .evaluation.inputs import EvalSplits, eval_splits, split_features
 from .evaluation.knn import knn_classify
+from .evaluation.on_main import on_main_process
 from .evaluation.suite import (
     RawPixels,
     count_parameters,
     evaluate_model,
     images_per_second,
 )
-from .features import extract_features
+from .feature_cache import cached_features
 from .loop import resolve_device
 from .teachers import Teacher, load_teacher
 
@@ -42,18 +47,18 @@ class JobInputs:
 def load_inputs(cfg: Config) -> JobInputs:
     """Data first (cheap, fails fast on a bad folder), then the teacher, moved to the device."""
     device = resolve_device(cfg.train.device)
-    train_eval = build_dataset(cfg.data, "train", eval_transform(cfg.data))
-    test_eval = build_dataset(cfg.data, "test", eval_transform(cfg.data))
+    splits = eval_splits(cfg.data)
     teacher_path = str(cfg.teacher.path or default_teacher(cfg.data.name))
     teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
                            image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
     extra_paths = [str(p) for p in cfg.teacher.extra]  # arch and layout from each file (teacher.arch/format are the primary's)
     extra = [load_teacher(p, trust=cfg.teacher.trust_checkpoint, image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
              for p in extra_paths]
-    return JobInputs(teacher, teacher_path, train_eval, test_eval, device, extra, extra_paths)
+    return JobInputs(teacher, teacher_path, splits.train, splits.test, device, extra, extra_paths)
 
 
 def eval_loaders(cfg: Config, inputs: JobInputs):
+    """Ordered loaders over both splits in `cfg.eval.batch_size` batches: what `evaluate_model` takes."""
     train = make_loader(inputs.train_eval, cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
     test = make_loader(inputs.test_eval, cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
     return train, test
@@ -63,40 +68,47 @@ def knn_monitor(cfg: Config, inputs: JobInputs):
     """`monitor(student, epoch)` for `distill`: the student's weighted k-NN top-1 on the test split (k and T
     of the protocol, train split as the bank) every `eval.monitor_every` epochs and after the last one, as
     {"knn_top1": percent}; None when `eval.monitor_every` is 0. It draws nothing from torch's global random
-    generator, so a monitored run trains exactly as an unmonitored one."""
+    generator, so a monitored run trains exactly as an unmonitored one. Nothing is cached (the student
+    changes every epoch). Under torchrun every rank calls it after each epoch: all ranks extract the
+    features, rank 0 runs the k-NN, and every rank returns its number. Pass the plain student, not a
+    DistributedDataParallel wrapper (ranks run different numbers of batches)."""
     every = cfg.eval.monitor_every
     if every <= 0:
         return None
-    train_loader, test_loader = eval_loaders(cfg, inputs)
+    splits = EvalSplits(inputs.train_eval, inputs.test_eval)
+
+    def knn_top1(train_feats, train_labels, test_feats, test_labels) -> dict:
+        knn = knn_classify(train_feats, train_labels, test_feats, test_labels, ks=(cfg.eval.knn_k,), temperature=cfg.eval.knn_temperature)
+        return {"knn_top1": round(knn.top1, 3)}
 
     def monitor(student, epoch: int) -> dict:
         if epoch % every and epoch != cfg.train.epochs:
             return {}
-        train_feats, train_labels = extract_features(student, train_loader, device=inputs.device, progress=False)
-        test_feats, test_labels = extract_features(student, test_loader, device=inputs.device, progress=False)
-        knn = knn_classify(train_feats, train_labels, test_feats, test_labels, ks=(cfg.eval.knn_k,), temperature=cfg.eval.knn_temperature)
-        return {"knn_top1": round(knn.top1, 3)}
+        feats = split_features(student, splits, cache_dir=None, batch_size=cfg.eval.batch_size, num_workers=cfg.data.num_workers,
+                               device=inputs.device, progress=False)
+        return on_main_process(lambda: knn_top1(*feats))
 
     return monitor
 
 
 def test_features(cfg: Config, inputs: JobInputs, model) -> tuple:
-    """(features, labels, class names) of the test split, for the feature scatter of the report."""
-    _, test_loader = eval_loaders(cfg, inputs)
-    feats, labels = extract_features(model, test_loader, device=inputs.device, progress=False)
+    """(features, labels, class names) of the test split, for the feature scatter of the report (not cached)."""
+    feats, labels = cached_features(model, inputs.test_eval, cache_dir=None, batch_size=cfg.eval.batch_size,
+                                    num_workers=cfg.data.num_workers, device=inputs.device, progress=False)
     return feats, labels, list(inputs.test_eval.classes)
 
 
 def evaluate_all(cfg: Config, inputs: JobInputs, student) -> dict:
-    """k-NN, retrieval and linear probe of teacher, student, the random-init student and raw pixels; sizes and speeds."""
+    """k-NN, retrieval and linear probe of teacher, student, the random-init student and raw pixels; sizes and speeds
+    (measured on rank 0 under torchrun). Every rank returns the same report."""
     train_loader, test_loader = eval_loaders(cfg, inputs)
     teacher = inputs.teacher
     random_student = build_student(cfg, teacher)  # same arch and init seed: the student before distillation
     models = {"teacher": teacher, "student": student, "random_student": random_student, "raw_pixels": RawPixels()}
     models.update({f"teacher_{k}": t for k, t in enumerate(inputs.extra_teachers, start=1)})
     results = {name: evaluate_model(model, train_loader, test_loader, cfg.eval, inputs.device, name) for name, model in models.items()}
-    batch = next(iter(test_loader))[0][: cfg.eval.batch_size]
-    speed = images_per_second({"teacher": teacher, "student": student.backbone}, batch, inputs.device)
+    speed = on_main_process(lambda: images_per_second({"teacher": teacher, "student": student.backbone},
+                                                      next(iter(test_loader))[0][: cfg.eval.batch_size], inputs.device))
     results["teacher"].update(arch=teacher.arch, params=count_parameters(teacher.backbone), images_per_s=speed["teacher"],
                               source=inputs.teacher_path)
     results["student"].update(arch=student.arch, params=count_parameters(student.backbone), images_per_s=speed["student"])

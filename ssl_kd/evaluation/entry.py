@@ -8,7 +8,9 @@ reads, or `timm:NAME.TAG`; the same command measures a teacher and a student. Th
 `--data-root` / `--image-size`, else the run's own `config.yaml` (next to the model), else digits.
 Features come from the deterministic eval transform, L2-normalized, and are cached on disk under
 `--cache-dir` (keyed by weights + data + transform), so k-NN, retrieval and the probe of one model
-extract them once.
+extract them once. Under torchrun (`torchrun --nproc-per-node N eval/knn.py ...`) every process
+extracts a shard of each split, and the numbers, the printing and `--out` happen once, on rank 0
+(`on_main_process`): the same numbers as one process.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from pathlib import Path
 import torch
 
 from ..config import Config, DataConfig, load_config
-from ..data import build_dataset, eval_transform, resolve_data_config
+from ..data import resolve_data_config
 from ..errors import UserError
-from ..feature_cache import CACHE_DTYPES, cached_features
-from ..loop import resolve_device
+from ..feature_cache import CACHE_DTYPES
+from ..parallel import init_distributed
 from ..teachers import Teacher
+from . import inputs as eval_inputs
 from .models import load_eval_model
 
 DEFAULT_CACHE = "runs/feature-cache"
@@ -84,23 +87,26 @@ def data_config(args: argparse.Namespace) -> DataConfig:
 
 
 def load_eval_inputs(args: argparse.Namespace) -> EvalInputs:
-    """Data first (a bad folder fails fast), then the model, moved to the device."""
+    """Data first (a bad folder fails fast), then the model, moved to the device. Under torchrun this
+    joins the process group (`init_distributed`) and the device is this process's own."""
     data = data_config(args)
-    transform = eval_transform(data)
-    train, test = build_dataset(data, "train", transform), build_dataset(data, "test", transform)
-    device = resolve_device(args.device)
+    splits = eval_inputs.eval_splits(data)
+    device = init_distributed(args.device)
     model = load_eval_model(args.model, arch=args.arch, format=args.format, trust=args.trust_checkpoint).to(device)
-    return EvalInputs(model, Path(str(args.model)).name or str(args.model), data, train, test, device)
+    return EvalInputs(model, Path(str(args.model)).name or str(args.model), data, splits.train, splits.test, device)
+
+
+def cache_dir(args: argparse.Namespace) -> str | None:
+    """`--cache-dir`, None for 'none'."""
+    return None if str(args.cache_dir).lower() == "none" else args.cache_dir
 
 
 def split_features(inputs: EvalInputs, args: argparse.Namespace):
-    """(train feats, train labels, test feats, test labels), L2-normalized, from the cache when it has them."""
-    cache = None if str(args.cache_dir).lower() == "none" else args.cache_dir
-    out = []
-    for split, dataset in (("train", inputs.train), ("test", inputs.test)):
-        out += cached_features(inputs.model, dataset, cache_dir=cache, batch_size=args.batch_size, num_workers=args.num_workers,
-                               device=inputs.device, dtype=args.cache_dtype, desc=f"features ({split})")
-    return tuple(out)
+    """(train feats, train labels, test feats, test labels), L2-normalized, from the cache when it has them
+    (`ssl_kd.evaluation.inputs.split_features` with the command line's settings)."""
+    return eval_inputs.split_features(inputs.model, eval_inputs.EvalSplits(inputs.train, inputs.test), cache_dir=cache_dir(args),
+                                      batch_size=args.batch_size, num_workers=args.num_workers, device=inputs.device,
+                                      dtype=args.cache_dtype)
 
 
 def parse_ks(text: str) -> list[int]:

@@ -1,8 +1,9 @@
-"""Evaluate frozen models the same way: features once, then weighted k-NN and a linear probe.
+"""Evaluate frozen models the same way: features once, then weighted k-NN, retrieval and a linear probe.
 
-`evaluate_model` extracts L2-normalized features of the train split (the k-NN bank and the probe's
-training set) and of the test split (the queries) with the deterministic eval transform, then runs
-`knn_classify` (weighted vote, k and T from `EvalConfig`), `retrieval_metrics` and, if enabled, `linear_probe`.
+`evaluate_model` gets L2-normalized features of the train split (the k-NN bank and the probe's
+training set) and of the test split (the queries) through `split_features` (the one feature path,
+cached and torchrun-aware), then `evaluate_features` runs `knn_classify` (weighted vote, k and T
+from `EvalConfig`), `retrieval_metrics` and, if enabled, `linear_probe`, once (on rank 0).
 `RawPixels` is the no-learning baseline: the images themselves, at most 32 px, flattened.
 """
 
@@ -13,14 +14,14 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..config import EvalConfig
-from ..feature_cache import cached_features
-from ..features import extract_features
 from .classwise import classwise_report
+from .inputs import EvalSplits, split_features
 from .knn import knn_classify
 from .linear_probe import linear_probe
+from .on_main import on_main_process
 from .retrieval import retrieval_metrics
 
 
@@ -37,27 +38,33 @@ class RawPixels(nn.Module):
         return x.flatten(1)
 
 
-def loader_features(model: nn.Module, loader, cfg: EvalConfig, device: torch.device, desc: str):
-    """(L2-normalized features, labels) of the loader's dataset, from `cfg.cache_dir` when it holds them."""
-    if cfg.cache_dir is None:
-        return extract_features(model, loader, device=device, desc=desc)
-    return cached_features(model, loader.dataset, cache_dir=cfg.cache_dir, batch_size=loader.batch_size,
-                           num_workers=loader.num_workers, device=device, desc=desc)
-
-
 def evaluate_model(model: nn.Module, train_loader, test_loader, cfg: EvalConfig, device: torch.device, name: str) -> dict:
     """k-NN, retrieval and (if enabled) linear-probe accuracy of `model`'s features, in percent.
+
+    The loaders say which datasets (train split = bank, test split = queries), in which batches and
+    with how many workers; their features come from `split_features` (cached in `cfg.cache_dir` when
+    set). Under torchrun every rank must call it: all ranks extract, rank 0 alone scores
+    (`evaluate_features`), and every rank returns rank 0's numbers.
+    """
+    model.to(device)
+    splits = EvalSplits(train_loader.dataset, test_loader.dataset)
+    feats = split_features(model, splits, cache_dir=cfg.cache_dir, batch_size=train_loader.batch_size,
+                           num_workers=train_loader.num_workers, device=device, name=name)
+    classes = getattr(splits.test, "classes", None)
+    return on_main_process(lambda: evaluate_features(*feats, cfg, classes))
+
+
+def evaluate_features(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor, cfg: EvalConfig,
+                      classes: list[str] | None = None) -> dict:
+    """k-NN, retrieval and (if enabled) linear-probe numbers of L2-normalized features, in percent.
 
     One feature pass per split serves all three. k-NN: weighted vote, k and T from `cfg`, with
     per-class accuracy and the confusion matrix of its predictions. Retrieval: test queries against
     the train split, recall@1/5/10 and MAP@R.
     """
-    model.to(device)
-    train_feats, train_labels = loader_features(model, train_loader, cfg, device, f"{name} features (train)")
-    test_feats, test_labels = loader_features(model, test_loader, cfg, device, f"{name} features (test)")
     ks = tuple(dict.fromkeys([cfg.knn_k, *cfg.knn_ks]))  # the headline k first, then the others
     knn = knn_classify(train_feats, train_labels, test_feats, test_labels, ks=ks, temperature=cfg.knn_temperature)
-    classes = getattr(test_loader.dataset, "classes", None) or [str(c) for c in range(knn.num_classes)]
+    classes = classes or [str(c) for c in range(knn.num_classes)]
     retrieval = retrieval_metrics(train_feats, train_labels, test_feats, test_labels)
     result = {"feature_dim": int(train_feats.shape[1]), "knn_top1": knn.top1, "knn_top5": knn.top5, "knn": knn.to_json(),
               "knn_classwise": _classwise(knn, test_labels, classes),
