@@ -131,7 +131,10 @@ def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_di
 
 def prepare_model(objective: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
     """The objective on `device` (channels_last, compiled backbones, SyncBatchNorm as configured), and
-    under torchrun wrapped in DDP; returns what the loop calls forward on."""
+    under torchrun wrapped in DDP; returns what the loop calls forward on. DDP syncs parameters and buffers
+    from rank 0 once, at the wrap, and not before every forward (`forward_sync_buffers=False`): queues and
+    banks stay identical through their all-gathered updates, and BatchNorm statistics are each process's
+    own unless `train.sync_bn`."""
     objective.to(device)
     if cfg.channels_last if cfg.channels_last is not None else device.type == "cuda":
         objective.to(memory_format=torch.channels_last)
@@ -148,7 +151,7 @@ def prepare_model(objective: nn.Module, cfg: TrainConfig, device: torch.device) 
     frozen = _frozen_names(objective)
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, frozen)
     return DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None,
-                                   broadcast_buffers=False, static_graph=True)
+                                   forward_sync_buffers=False, static_graph=True)
 
 
 def compile_targets(objective: nn.Module) -> list[nn.Module]:

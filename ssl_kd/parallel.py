@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -121,7 +122,10 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor.contiguous()))
+    with warnings.catch_warnings():
+        # torch 2.14 points to the private _functional_collectives instead; this public one works on gloo too
+        warnings.filterwarnings("ignore", message=".*nn.functional.all_gather is deprecated", category=FutureWarning)
+        return torch.cat(all_gather(tensor.contiguous()))
 
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:

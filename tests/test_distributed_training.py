@@ -111,3 +111,18 @@ def test_a_checkpoint_of_two_processes_resumes_with_one_and_back(tmp_path):
     assert all(r["resumed_from_epoch"] == 2 and len(r["steps"]) == 3 for r in records)
     assert all(r["first_step"] == record["steps"][-1] for r in records)  # both ranks start from one process's queue
     assert records[0]["steps"] == records[1]["steps"]
+
+
+def test_the_main_job_runs_under_torchrun(tmp_path):
+    """`torchrun --nproc-per-node 2 pipelines/distill_ssl.py`: one report, written once, that records both processes."""
+    run = tmp_path / "run"
+    result = run_torchrun(REPO / "pipelines" / "distill_ssl.py", "--epochs", "1", "--out", str(run), "data.subset=96",
+                          "train.batch_size=32", "data.num_workers=0", "loss.queue_size=64", "eval.knn_ks=[1,20]",
+                          nproc=2, cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("| teacher |") == 1  # rank 0 alone prints the table
+    report = json.loads((run / "report.json").read_text())
+    assert report["training"]["world_size"] == 2 and report["training"]["batch_per_process"] == 16
+    assert report["config"]["train"]["world_size"] == 2
+    assert 0.0 <= report["student"]["knn_top1"] <= 100.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing written beside the run folder
