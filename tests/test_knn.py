@@ -1,4 +1,4 @@
-"""Weighted k-NN (InstDisc / DINO): FAISS search vs brute force, the vote, several k, errors."""
+"""Weighted k-NN (InstDisc / DINO): the search vs brute force, the vote, several k, errors (backends: test_search.py)."""
 
 import json
 import math
@@ -37,7 +37,7 @@ def test_separated_clusters_are_classified_perfectly():
     assert torch.equal(result.predictions, query_y)
 
 
-def test_faiss_search_and_vote_match_brute_force():
+def test_search_and_vote_match_brute_force():
     gen = torch.Generator().manual_seed(1)
     train = torch.randn(300, 24, generator=gen)
     train_y = torch.randint(0, 7, (300,), generator=gen)

@@ -33,11 +33,13 @@ Unlike the leave-one-out metric-learning protocol (one test set, each item query
 methods.md 6.3), queries and database are separate splits here, so no item is excluded from its
 own ranking: passing the same set as both makes every query its own first neighbour.
 
-Memory stays bounded: one FAISS `IndexFlatIP` holds the L2-normalised database (N_db x D float32);
-queries are searched `chunk_size` at a time with k = min(N_db, max(max(ks), max R_q over the
-chunk)); each chunk's neighbours are reduced to per-query hits and AP@R at once, then dropped.
-FAISS on GPU returns at most 2048 neighbours per query: a chunk needing k > 2048 is searched on
-the CPU copy of the index instead (exact, slower). Ties in similarity are ordered by FAISS.
+Search and memory: the exact search of `ssl_kd.evaluation.search`, as k-NN uses it (torch matmul +
+topk on the CPU, at most 256 MiB of similarities at a time, the normalised database used in place;
+FAISS `IndexFlatIP` on the GPU when faiss-gpu and CUDA are there; `backend` forces one). Queries
+are searched `chunk_size` at a time with k = min(N_db, max(max(ks), max R_q over the chunk)); each
+chunk's neighbours are reduced to per-query hits and AP@R at once, then dropped. FAISS on GPU
+returns at most 2048 neighbours per query: a chunk needing k > 2048 is searched on the CPU instead
+(exact, slower). Ties in similarity are ordered by the backend.
 """
 
 from __future__ import annotations
@@ -50,11 +52,10 @@ import torch
 from torch import Tensor
 
 from ssl_kd.errors import UserError
-from ssl_kd.evaluation.knn import ArrayLike, _as_labels, _as_unit_rows, flat_ip_index, to_gpu
+from ssl_kd.evaluation.knn import _as_labels
+from ssl_kd.evaluation.search import GPU_MAX_K, ArrayLike, choose_backend, cpu_index, to_gpu, unit_rows, unit_rows_copy
 
 __all__ = ["RetrievalResult", "map_at_r_from_ranking", "recall_at_k_from_ranking", "retrieval_metrics"]
-
-GPU_MAX_K = 2048  # faiss GPU k-selection limit (GPU_MAX_SELECTION_K, CUDA builds since faiss 1.7)
 
 
 @dataclass(frozen=True)
@@ -129,11 +130,13 @@ def retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
     use_gpu: bool | None = None,
+    backend: str = "auto",
 ) -> RetrievalResult:
     """Recall@K (metric-learning convention) and MAP@R of the queries against the database.
 
     Features are L2-normalised (inputs are not modified), compared by inner product (cosine).
-    `use_gpu=None` uses FAISS on GPU when available, False forces CPU. Queries are searched
+    `use_gpu=None` uses FAISS on GPU when available, False forces CPU; `backend` ("auto", "torch",
+    "faiss") as in `ssl_kd.evaluation.knn.knn_search`. Queries are searched
     `chunk_size` at a time; results do not depend on `chunk_size`. Percentages; see the module
     docstring for the formulas and for how queries whose class is absent from the database count.
     """
@@ -142,15 +145,15 @@ def retrieval_metrics(
         raise UserError(f"ks must be a non-empty list of positive ints, got {ks}; e.g. ks=(1, 5, 10)")
     if chunk_size < 1:
         raise UserError(f"chunk_size must be >= 1, got {chunk_size}; e.g. 1024")
-    cpu_index = flat_ip_index(db_feats, "database features")
-    query = _as_unit_rows(query_feats, "query features")
-    if cpu_index.ntotal == 0 or query.shape[0] == 0:
-        raise UserError(f"empty retrieval set: {cpu_index.ntotal} database and {query.shape[0]} query features; "
+    db = unit_rows(db_feats, "database features")
+    query = unit_rows_copy(query_feats, "query features")
+    if db.shape[0] == 0 or query.shape[0] == 0:
+        raise UserError(f"empty retrieval set: {db.shape[0]} database and {query.shape[0]} query features; "
                         "check the dataset path and split names")
-    if cpu_index.d != query.shape[1]:
-        raise UserError(f"feature dimensions differ: database {cpu_index.d} vs query {query.shape[1]}; "
+    if db.shape[1] != query.shape[1]:
+        raise UserError(f"feature dimensions differ: database {db.shape[1]} vs query {query.shape[1]}; "
                         "extract both splits with the same model")
-    n_db, n_query = cpu_index.ntotal, query.shape[0]
+    n_db, n_query = db.shape[0], query.shape[0]
     db_y = _as_labels(db_labels, n_db, "db_labels")
     query_y = _as_labels(query_labels, n_query, "query_labels")
     counts = torch.bincount(db_y, minlength=int(torch.cat([db_y, query_y]).max()) + 1)
@@ -160,7 +163,8 @@ def retrieval_metrics(
         raise UserError("no query label occurs in the database, so no query has a relevant item; "
                         "use the same class indices for both splits")
 
-    gpu_index = to_gpu(cpu_index, use_gpu)
+    cpu_search = cpu_index(db, choose_backend(backend, use_gpu=False))  # "torch" or "faiss"
+    gpu_index = None if backend == "torch" else to_gpu(cpu_search, use_gpu)  # None without faiss-gpu + CUDA
 
     hits = {k: 0 for k in ks}
     ap = torch.zeros(n_query, dtype=torch.float64)  # per query, summed once at the end: chunk-independent
@@ -168,7 +172,7 @@ def retrieval_metrics(
         rows = slice(start, start + chunk_size)
         r = r_all[rows]
         k = min(n_db, max(max(ks), int(r.max())))
-        index = gpu_index if gpu_index is not None and k <= GPU_MAX_K else cpu_index
+        index = gpu_index if gpu_index is not None and k <= GPU_MAX_K else cpu_search
         _, idx = index.search(query[rows], k)
         relevant = db_y[torch.from_numpy(idx).long()] == query_y[rows, None]
         del idx
