@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
 
 def report(inputs, args: argparse.Namespace, train_x, train_y, test_x, test_y) -> dict:
     """k-NN of the features: print the table, write --out, return every number."""
-    knn = knn_classify(train_x, train_y, test_x, test_y, ks=parse_ks(args.ks), temperature=args.temperature)
+    knn = knn_classify(train_x, train_y, test_x, test_y, ks=parse_ks(args.ks), temperature=args.temperature, backend=args.search)
     classwise = classwise_report(knn.predictions, test_y, inputs.classes[: knn.num_classes])
 
     print(f"{inputs.model.arch} on {inputs.data.name}: {len(inputs.train)} train (bank) / {len(inputs.test)} test (queries), "

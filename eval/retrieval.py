@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
 
 def report(inputs, args: argparse.Namespace, train_x, train_y, test_x, test_y) -> dict:
     """Retrieval metrics of the features: print them, write --out, return them."""
-    result = retrieval_metrics(train_x, train_y, test_x, test_y, ks=parse_ks(args.ks))
+    result = retrieval_metrics(train_x, train_y, test_x, test_y, ks=parse_ks(args.ks), backend=args.search)
     print(f"{inputs.model.arch} on {inputs.data.name}: {result.num_query} queries (test) against {result.num_db} items (train)")
     print("  ".join(f"recall@{k} {value:.2f}" for k, value in result.recall.items()) + f"  MAP@R {result.map_at_r:.2f}")
     payload = {**describe(inputs), "retrieval": result.to_json()}

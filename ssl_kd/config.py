@@ -196,6 +196,9 @@ class EvalConfig:
     batch_size: int = 256
     monitor_every: int = 2  # student k-NN top-1 on the test split every N epochs (and the last), in metrics.jsonl; 0 = never
     cache_dir: Optional[str] = None  # feature cache for evaluation (keyed by weights + data + transform); None = no cache
+    # neighbour search of k-NN and retrieval: auto (exact; FAISS's GPU index where there is one, torch on the
+    # CPU) | torch | faiss | hnsw (approximate FAISS HNSW, for banks past ~1M rows; asked for, never chosen)
+    search: str = "auto"
 
 
 @dataclass

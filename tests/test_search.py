@@ -92,7 +92,7 @@ def test_rule_picks_torch_on_cpu_and_faiss_gpu_when_there(monkeypatch):
     assert choose_backend("auto", False, k=200) == "torch"
     assert choose_backend("torch", None, k=200) == "torch"
     with pytest.raises(UserError, match="unknown search backend"):
-        choose_backend("hnsw")
+        choose_backend("annoy")
 
 
 def test_rule_chosen_gpu_backend_gives_the_same_numbers(monkeypatch):
@@ -133,3 +133,30 @@ def test_callers_give_identical_metrics_with_either_backend():
            for b in ("torch", "faiss")}
     assert ret["torch"].recall == ret["faiss"].recall
     assert ret["torch"].map_at_r == pytest.approx(ret["faiss"].map_at_r, abs=1e-12)
+
+
+def _clusters(n_per_class: int, classes: int, dim: int, seed: int):
+    """Unit rows around `classes` fixed centres (the same for every seed), `n_per_class` each."""
+    centres = F.normalize(torch.randn(classes, dim, generator=torch.Generator().manual_seed(99)), dim=1)
+    labels = torch.arange(classes).repeat_interleave(n_per_class)
+    noise = 0.05 * torch.randn(len(labels), dim, generator=torch.Generator().manual_seed(seed))
+    return F.normalize(centres[labels] + noise, dim=1), labels
+
+
+def test_hnsw_is_approximate_but_finds_nearly_every_exact_neighbour():
+    gen = torch.Generator().manual_seed(0)
+    bank, queries = F.normalize(torch.randn(4000, 32, generator=gen), dim=1), F.normalize(torch.randn(200, 32, generator=gen), dim=1)
+    exact = cpu_index(unit_rows(bank, "bank"), "torch").search(queries, 10)[1]
+    approximate = cpu_index(unit_rows(bank, "bank"), "hnsw").search(queries, 10)[1]
+    found = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact)])
+    assert found > 0.95
+    assert choose_backend("hnsw") == "hnsw" and choose_backend("auto") != "hnsw"  # asked for, never chosen
+
+
+def test_hnsw_gives_the_exact_knn_and_retrieval_numbers_on_separable_clusters():
+    bank, bank_y = _clusters(200, 5, 16, seed=2)
+    queries, query_y = _clusters(20, 5, 16, seed=3)
+    exact = knn_classify(bank, bank_y, queries, query_y, ks=(20,), backend="torch")
+    approximate = knn_classify(bank, bank_y, queries, query_y, ks=(20,), backend="hnsw")
+    assert approximate.top1 == exact.top1 == 100.0
+    assert retrieval_metrics(bank, bank_y, queries, query_y, backend="hnsw").recall[1] == 100.0

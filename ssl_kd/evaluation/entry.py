@@ -30,6 +30,7 @@ from ..parallel import init_distributed
 from ..teachers import Teacher
 from . import inputs as eval_inputs
 from .models import load_eval_model
+from .search import BACKENDS
 
 DEFAULT_CACHE = "runs/feature-cache"
 
@@ -64,6 +65,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE, metavar="DIR",
                         help=f"feature cache (default {DEFAULT_CACHE}); 'none' disables it")
     parser.add_argument("--cache-dtype", default="float32", choices=CACHE_DTYPES, help="float16 halves the cache on disk")
+    parser.add_argument("--search", default="auto", choices=BACKENDS,
+                        help="neighbour search: auto (exact), torch, faiss, or hnsw (approximate, for banks past ~1M rows)")
     parser.add_argument("--out", metavar="FILE.json", help="also write every number to this JSON file")
 
 

@@ -163,8 +163,8 @@ def retrieval_metrics(
         raise UserError("no query label occurs in the database, so no query has a relevant item; "
                         "use the same class indices for both splits")
 
-    cpu_search = cpu_index(db, choose_backend(backend, use_gpu=False))  # "torch" or "faiss"
-    gpu_index = None if backend == "torch" else to_gpu(cpu_search, use_gpu)  # None without faiss-gpu + CUDA
+    cpu_search = cpu_index(db, choose_backend(backend, use_gpu=False))  # "torch", "faiss" or "hnsw"
+    gpu_index = None if backend in ("torch", "hnsw") else to_gpu(cpu_search, use_gpu)  # None without faiss-gpu + CUDA
 
     hits = {k: 0 for k in ks}
     ap = torch.zeros(n_query, dtype=torch.float64)  # per query, summed once at the end: chunk-independent

@@ -13,9 +13,13 @@ backends differ only in who multiplies and who selects:
                  or a reservoir for k >= 100); the index holds a copy of the bank.
     "faiss-gpu"  that index copied to every GPU (`faiss.index_cpu_to_all_gpus`), used only when
                  FAISS has GPU support and CUDA is there, and only for k <= `GPU_MAX_K`.
+    "hnsw"       APPROXIMATE: FAISS `IndexHNSWFlat` (inner product, M = 32 links, efSearch =
+                 max(2k, 128)), for banks too large for exact search (past about 1M rows, where an
+                 exact search of every query costs N x D per query); it changes some neighbours, so
+                 it is used only when asked for (`eval.search=hnsw`, `--search hnsw`), never by the rule.
 
 The rule (`choose_backend(backend="auto", ...)`): "faiss-gpu" when it is available, `use_gpu` is not
-False and k <= GPU_MAX_K; otherwise "torch". `backend="faiss"` or `"torch"` forces one.
+False and k <= GPU_MAX_K; otherwise "torch". `backend="faiss"`, `"torch"` or `"hnsw"` forces one.
 
 Why torch and not FAISS on the CPU (2-core AMD EPYC, Zen 4, x86_64, KVM; torch 2.14.1 with MKL,
 faiss-cpu 1.15.1 with its bundled OpenBLAS 0.3.15): `bench/eval_speed.py` (top-200 of 10,000 queries
@@ -35,8 +39,6 @@ matmul + topk that the goal is measured against, so it holds on every machine; `
 is there for the others. Neighbours agree with FAISS up to ties (similarities within 1e-5, the
 float32 rounding of two BLAS libraries).
 
-Not here: approximate indexes (IVF, HNSW) for banks too large for exact search; they change the
-neighbours, so they would have to be asked for explicitly, never picked by the rule.
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ __all__ = [
     "to_gpu", "unit_rows", "unit_rows_copy",
 ]
 
-BACKENDS = ("auto", "torch", "faiss")
+BACKENDS = ("auto", "torch", "faiss", "hnsw")
+HNSW_LINKS = 32  # M: graph links per node (FAISS's usual 32; memory N x M x 8 bytes on top of the bank)
+HNSW_MIN_EF = 128  # efSearch floor; efSearch = max(2k, 128) candidates explored per query
 GPU_MAX_K = 2048  # faiss GPU k-selection limit (GPU_MAX_SELECTION_K, CUDA builds since faiss 1.7)
 SIMS_BLOCK_FLOATS = 1 << 27  # at most 512 MiB of float32 similarities at a time (query rows x bank rows)
 MIN_QUERY_ROWS = 512  # the bank is split into blocks only when fewer query rows would fit in that budget
@@ -169,11 +173,28 @@ def choose_backend(backend: str = "auto", use_gpu: bool | None = None, k: int = 
     gpu = use_gpu is not False and faiss_gpu_available() and k <= GPU_MAX_K
     if gpu and backend in ("auto", "faiss"):
         return "faiss-gpu"
-    return "faiss" if backend == "faiss" else "torch"
+    return backend if backend in ("faiss", "hnsw") else "torch"
 
 
-def cpu_index(bank: np.ndarray, backend: str) -> TorchFlatIP | faiss.IndexFlatIP:
-    """The CPU searcher of `bank` (unit rows): a FAISS `IndexFlatIP` (a copy) for "faiss", else `TorchFlatIP`."""
+class HNSWSearch:
+    """FAISS `IndexHNSWFlat` over `bank` (inner product), approximate; `search(x, k)` as an index's, with
+    efSearch raised to max(2k, HNSW_MIN_EF) so that k neighbours are always explored."""
+
+    def __init__(self, bank: np.ndarray):
+        self.index = faiss.IndexHNSWFlat(int(bank.shape[1]), HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+        self.index.add(bank)
+        self.ntotal = self.index.ntotal
+
+    def search(self, x: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.index.hnsw.efSearch = max(2 * int(k), HNSW_MIN_EF)
+        return self.index.search(_float32_view(x), int(k))
+
+
+def cpu_index(bank: np.ndarray, backend: str) -> TorchFlatIP | HNSWSearch | faiss.IndexFlatIP:
+    """The CPU searcher of `bank` (unit rows): a FAISS `IndexFlatIP` (a copy) for "faiss", an approximate
+    `HNSWSearch` for "hnsw", else `TorchFlatIP`."""
+    if backend == "hnsw":
+        return HNSWSearch(bank)
     if backend == "faiss":
         index = faiss.IndexFlatIP(int(bank.shape[1]))
         index.add(bank)

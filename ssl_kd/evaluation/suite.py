@@ -63,9 +63,10 @@ def evaluate_features(train_feats: Tensor, train_labels: Tensor, test_feats: Ten
     the train split, recall@1/5/10 and MAP@R.
     """
     ks = tuple(dict.fromkeys([cfg.knn_k, *cfg.knn_ks]))  # the headline k first, then the others
-    knn = knn_classify(train_feats, train_labels, test_feats, test_labels, ks=ks, temperature=cfg.knn_temperature)
+    knn = knn_classify(train_feats, train_labels, test_feats, test_labels, ks=ks, temperature=cfg.knn_temperature,
+                       backend=cfg.search)
     classes = classes or [str(c) for c in range(knn.num_classes)]
-    retrieval = retrieval_metrics(train_feats, train_labels, test_feats, test_labels)
+    retrieval = retrieval_metrics(train_feats, train_labels, test_feats, test_labels, backend=cfg.search)
     result = {"feature_dim": int(train_feats.shape[1]), "knn_top1": knn.top1, "knn_top5": knn.top5, "knn": knn.to_json(),
               "knn_classwise": _classwise(knn, test_labels, classes),
               "recall_at_1": retrieval.recall[1], "map_at_r": retrieval.map_at_r, "retrieval": retrieval.to_json()}
