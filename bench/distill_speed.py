@@ -1,0 +1,666 @@
+"""Distillation speed: the whole training loop against the bare step it is built around, on this machine.
+
+    python bench/distill_speed.py [--steps N] [--rounds 3] [--configs digits,natural64] [--data-root ZIP_OR_DIR]
+                                  [--subset 640] [--threads N] [--skip-multiprocess] [--skip-cuda] [--cuda-steps 20]
+
+Everything is measured side by side in one run: contenders alternate round after round (the order
+flips every round), and each one's median over `--rounds` is reported, so load from other processes
+on a shared machine hits all alike. A warm-up (loader workers started, one step of each) comes first
+and is not timed. images/s counts images (not views) per second; each image gives two views.
+
+(a) loop vs bare step, per config (`--configs`):
+      digits     the embedded default: shipped resnet14t SimCLR teacher -> resnet10t, batch 128, two crops,
+                 method dlkd (queue 1024), scikit-learn digits at 32 px (1,257 images: 9 steps an epoch),
+                 data.num_workers=2 as configured;
+      natural64  a randomly initialised timm resnet18 teacher (saved to a temp file, loaded by
+                 `load_teacher(..., arch="resnet18")`) -> resnet10t, batch 128, two crops, dlkd,
+                 data.name=imagefolder on the CIFAR-10 JPEG dev subset's train/ folder (`--data-root`:
+                 the zip in /work/shared/data, unpacked once into a temp folder outside the project, or
+                 a folder), data.subset=`--subset` (640: 5 steps an epoch), data.image_size=64, ImageNet-style augmentation.
+    Three contenders over the same number of steps (`--steps`; default one epoch; the loop runs
+    ceil(steps / steps-per-epoch) whole epochs and the others as many steps):
+      bare  the floor: teacher forward + student forward (backbone + projector) + an MSE to the teacher's
+            embedding + backward + AdamW step, on one batch already in memory (no loader, no method, no
+            queue, no clipping, no logging); same autocast and memory format as the loop;
+      step  the library's `StepRunner` (the config's method and its queue, the loss all-reduce/finite check,
+            grad clipping, lr update, after_step) on the same in-memory batch, no loader;
+      loop  `ssl_kd.loop.fit` itself on the config's real loader: whole epochs, metrics.jsonl, the
+            checkpoint after every epoch, the per-epoch summary. images/s = images / wall time of `fit`.
+    Printed: each one's images/s, loop/bare (GOAL >= 0.95), step/bare (what the method, queue and step
+    plumbing cost) and loop/step (what the loader, logging and checkpoints cost). The loop also gets a
+    breakdown of its time per step (median round; the loop is timed by patching timestamps around the
+    loader's `next`, `StepRunner.__call__`, `_save` and `_append_metrics` in this process: microseconds):
+    waiting on the loader (and the first batch of each epoch: the prefetch pipeline refilling), the step
+    inside the loop vs the same step in memory (the difference is CPU taken by the loader workers running
+    the augmentations on the same cores), checkpointing, metrics, the rest; plus the CPU time the loader
+    workers burnt per step (from /proc). "BELOW GOAL" marks where the lead should look. A CPU-time line
+    (core-ms per step; the loop's includes its loader workers) is less sensitive to other processes'
+    load than images/s, but counts OpenMP threads spinning while they wait for a core.
+    --threads N sets this process's torch threads for (a) and (c) (default: one per core).
+
+(b) 2 gloo processes vs 1 on the CPU (skipped on CUDA machines and with --skip-multiprocess): the loop on
+    the digits default, three contenders started once each (bench/distill_speed_worker.py) and cued in
+    turn: torchrun --nproc-per-node 2 on 127.0.0.1 (gloo, one thread per process, 64 images each per
+    step: train.batch_size is the global batch), 1 process with 2 threads, 1 process with 1 thread. Each
+    process keeps the config's data.num_workers=2 loader workers. This compares parallel schemes on the
+    same cores (2 here), not scaling: what the printout says 2 cores allow is the best of the three.
+
+(c) CUDA only (one line saying it is skipped otherwise): bf16 autocast vs fp32 and train.compile=true vs
+    eager (the `step` contender above, per config of (a); a compiled variant gets its own copy of the
+    teacher), 1 vs N processes of the
+    loop on the digits default where N > 1 devices, and a PROJECTION: images/s per device of the
+    ImageNet preset's models (configs/imagenet-resnet50-to-resnet18.yaml: random resnet50 teacher ->
+    resnet18, 224 px, dlkd with its weights and 65,536-entry queue, bf16 autocast, channels_last) on an
+    in-memory batch, at 32 images per device (the preset's global batch 256 over 8 devices) and at 256,
+    turned into the wall time of 200 epochs of ImageNet (1,281,167 images) on 8 such devices assuming
+    linear scaling and a loader that keeps up: a projection, not a measurement.
+
+Reading it: a ratio is only as good as the spread of its rounds (min..max printed); on a busy machine
+rerun with more rounds. The machine's load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ssl_kd import loop as loop_module  # noqa: E402
+from ssl_kd.config import Config, load_config, to_dict  # noqa: E402
+from ssl_kd.data import build_dataset, make_loader, resolve_data_config, views_transform  # noqa: E402
+from ssl_kd.defaults import default_teacher  # noqa: E402
+from ssl_kd.distill import build_objective, build_student  # noqa: E402
+from ssl_kd.loop import StepRunner, autocast_context, build_optimizer, cosine_schedule, fit, prepare_model  # noqa: E402
+from ssl_kd.losses.base import DistillMethod  # noqa: E402
+from ssl_kd.objective import DistillObjective  # noqa: E402
+from ssl_kd.teachers import load_teacher  # noqa: E402
+
+GOAL = 0.95
+DEFAULT_DATA = "/work/shared/data/cifar10/cifar10-jpg-dev.zip"
+IMAGENET_PRESET = REPO / "configs" / "imagenet-resnet50-to-resnet18.yaml"
+IMAGENET_TRAIN_IMAGES = 1_281_167
+PROJECTION_EPOCHS, PROJECTION_DEVICES = 200, 8
+WORKER = Path(__file__).resolve().parent / "distill_speed_worker.py"
+_KILL_ON_EXIT: list[subprocess.Popen] = []
+
+
+# ----------------------------------------------------------------------------------------------- setup
+
+class FeatureRegression(DistillMethod):
+    """The bare step's loss: MSE between the student's projection and the teacher's embedding (no queue)."""
+
+    def forward(self, student, teacher, queue, ctx) -> dict:
+        return {"loss": F.mse_loss(student.emb, teacher.emb.detach())}
+
+
+@dataclass
+class Setup:
+    """One config's teacher, data and loader, built as `ssl_kd.distill.distill` builds them."""
+
+    cfg: Config
+    device: torch.device
+    teacher: nn.Module
+    dataset: object
+    loader: object
+    extra: dict = field(default_factory=dict)
+
+
+def build_setup(cfg: Config, device: torch.device) -> Setup:
+    torch.manual_seed(cfg.train.seed)
+    data = resolve_data_config(cfg.data)
+    path = cfg.teacher.path or default_teacher(cfg.data.name)
+    teacher = load_teacher(path, arch=cfg.teacher.arch, image_size=cfg.teacher.image_size or data.image_size).to(device)
+    dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
+    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                         pin_memory=device.type == "cuda")
+    return Setup(cfg, device, teacher, dataset, loader)
+
+
+def fresh_objective(setup: Setup) -> nn.Module:
+    """The config's distillation objective with a newly initialised student (and method, queue)."""
+    return build_objective(setup.cfg, setup.teacher, build_student(setup.cfg, setup.teacher), len(setup.dataset))
+
+
+def random_teacher_file(arch: str, folder: Path) -> Path:
+    import timm
+
+    path = folder / f"random_{arch}.pth"
+    if not path.exists():
+        torch.manual_seed(0)
+        torch.save(timm.create_model(arch, num_classes=0).state_dict(), path)
+    return path
+
+
+def cifar_train_root(data_root: str, scratch: Path) -> Path:
+    """A folder holding train/<class>/*.jpg: `data_root` itself, or the zip unpacked once under `scratch`."""
+    root = Path(data_root)
+    if root.is_dir():
+        return root if (root / "train").is_dir() else root.parent if root.name == "train" else root
+    if not zipfile.is_zipfile(root):
+        raise SystemExit(f"--data-root {root} is neither a folder nor a zip of train/<class>/*.jpg")
+    out = scratch / root.stem
+    if not (out / ".complete").exists():
+        print(f"unpacking {root} into {out} (once; outside the project)", flush=True)
+        with zipfile.ZipFile(root) as archive:
+            archive.extractall(out)
+        (out / ".complete").touch()
+    return out
+
+
+def config_overrides(name: str, args, teacher_dir: Path) -> list[str]:
+    common = ["train.resume=false"]
+    if name == "digits":
+        return common
+    if name == "natural64":
+        root = cifar_train_root(args.data_root, Path(tempfile.gettempdir()) / "ssl_kd_distill_speed")
+        return common + ["data.name=imagefolder", f"data.root={root}", "data.image_size=64", f"data.subset={args.subset}",
+                         f"teacher.path={random_teacher_file('resnet18', teacher_dir)}", "teacher.arch=resnet18"]
+    raise SystemExit(f"unknown config {name!r}; choose from digits, natural64")
+
+
+def describe(setup: Setup) -> str:
+    cfg, data = setup.cfg, resolve_data_config(setup.cfg.data)
+    return (f"{cfg.data.name} {len(setup.dataset)} images at {data.image_size} px, teacher {setup.teacher.arch} "
+            f"({setup.teacher.embed_dim}-d) -> student {cfg.student.arch}, method {cfg.loss.method}, batch "
+            f"{cfg.train.batch_size} x 2 views, {len(setup.loader)} steps/epoch, data.num_workers={cfg.data.num_workers}, "
+            f"precision {cfg.train.precision}, compile {cfg.train.compile}")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --------------------------------------------------------------------------------- timing instruments
+
+def _proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class Probe:
+    """Timestamps around the loop's parts for one `fit` call."""
+
+    def __init__(self):
+        self.wait = self.first_wait = self.step = self.save = self.metrics = 0.0
+        self.steps = self.epochs = 0
+
+
+class TimedLoader:
+    """The loader as `fit` sees it (len, sampler, generator, iteration), timing each `next`."""
+
+    def __init__(self, loader, probe: Probe):
+        self._loader, self._probe = loader, probe
+
+    def __len__(self):
+        return len(self._loader)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def __iter__(self):
+        it, first = iter(self._loader), True
+        self._probe.epochs += 1
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            waited = time.perf_counter() - start
+            self._probe.wait += waited
+            if first:
+                self._probe.first_wait, first = self._probe.first_wait + waited, False
+            yield batch
+
+    def worker_pids(self) -> list[int]:
+        iterator = getattr(self._loader, "_iterator", None)
+        return [w.pid for w in getattr(iterator, "_workers", [])]
+
+
+@contextlib.contextmanager
+def instrumented_loop(probe: Probe, device: torch.device):
+    """Patch ssl_kd.loop's StepRunner, _save and _append_metrics (module globals `fit` looks up) to time them."""
+    original_runner, original_save, original_metrics = loop_module.StepRunner, loop_module._save, loop_module._append_metrics
+
+    class TimedStepRunner(original_runner):
+        def __call__(self, views, index, lr):
+            start = time.perf_counter()
+            values = super().__call__(views, index, lr)  # returns floats: the step has synchronized
+            probe.step += time.perf_counter() - start
+            probe.steps += 1
+            return values
+
+    def timed(fn, attr):
+        def wrapper(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                setattr(probe, attr, getattr(probe, attr) + time.perf_counter() - start)
+        return wrapper
+
+    loop_module.StepRunner = TimedStepRunner
+    loop_module._save, loop_module._append_metrics = timed(original_save, "save"), timed(original_metrics, "metrics")
+    try:
+        yield
+    finally:
+        loop_module.StepRunner, loop_module._save, loop_module._append_metrics = original_runner, original_save, original_metrics
+
+
+# --------------------------------------------------------------------------------------- contenders
+
+class LoopBench:
+    """Part (a) for one config: bare step, library step and `fit`, over the same number of steps."""
+
+    def __init__(self, setup: Setup, steps: int | None):
+        self.setup = setup
+        cfg, device = setup.cfg, setup.device
+        per_epoch = len(setup.loader)
+        self.epochs = max(1, math.ceil((steps or per_epoch) / per_epoch))
+        self.steps = self.epochs * per_epoch
+        cfg.train.epochs = self.epochs
+        self.batch = cfg.train.batch_size
+        views, _labels, index = next(iter(setup.loader))
+        self.views = [v.to(device) for v in views]
+        self.index = index.to(device)
+        self.objective = fresh_objective(setup)
+        self.model = prepare_model(self.objective, cfg.train, device)
+        self.optimizer = build_optimizer(self.objective.trainable, cfg.train)
+        self.autocast, use_scaler = autocast_context(cfg.train.precision, device)
+        self.runner = StepRunner(self.model, self.objective, self.optimizer, torch.amp.GradScaler(device.type, enabled=use_scaler),
+                                 self.autocast, cfg.train, device)
+        self.schedule = cosine_schedule(cfg.train.lr, self.steps, per_epoch)
+        student = build_student(cfg, setup.teacher)
+        self.bare_objective = DistillObjective(setup.teacher, student, FeatureRegression(), None)
+        self.bare_model = prepare_model(self.bare_objective, cfg.train, device)
+        self.bare_optimizer = build_optimizer(self.bare_objective.trainable, cfg.train)
+        channels_last = self.runner.channels_last
+        self.bare_views = [v.contiguous(memory_format=torch.channels_last) if channels_last else v for v in self.views]
+        self.loop_objective = fresh_objective(setup)
+        self.probes: list[Probe] = []
+        self.worker_cpu: list[float] = []
+        self.main_cpu: list[float] = []
+        self.cpu: dict[str, list[float]] = {"bare": [], "step": [], "loop": []}  # CPU seconds per step (loop: + workers)
+
+    def warm_up(self) -> None:
+        for _ in self.setup.loader:  # starts the persistent loader workers
+            pass
+        self.bare(1)
+        self.step(1)
+
+    def bare(self, steps: int | None = None) -> float:
+        steps = steps or self.steps
+        sync(self.setup.device)
+        start, cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            with self.autocast:
+                losses, state = self.bare_model(self.bare_views, self.index)
+            self.bare_optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            self.bare_optimizer.step()
+        sync(self.setup.device)
+        self.cpu["bare"].append((time.process_time() - cpu) / steps)
+        return steps * self.batch / (time.perf_counter() - start)
+
+    def step(self, steps: int | None = None) -> float:
+        steps = steps or self.steps
+        sync(self.setup.device)
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(steps):
+            self.runner(self.views, self.index, float(self.schedule[i % len(self.schedule)]))
+        sync(self.setup.device)
+        self.cpu["step"].append((time.process_time() - cpu) / steps)
+        return steps * self.batch / (time.perf_counter() - start)
+
+    def loop(self) -> float:
+        probe = Probe()
+        loader = TimedLoader(self.setup.loader, probe)
+        pids = loader.worker_pids()
+        cpu_before = sum(_proc_cpu_seconds(p) for p in pids)
+        main_before = time.process_time()
+        cfg = self.setup.cfg
+        with tempfile.TemporaryDirectory() as run_dir, instrumented_loop(probe, self.setup.device), \
+                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            start = time.perf_counter()
+            result = fit(self.loop_objective, loader, cfg.train, Path(run_dir), to_dict(cfg), self.setup.device)
+            sync(self.setup.device)
+            probe.wall = time.perf_counter() - start
+        self.main_cpu.append(time.process_time() - main_before)
+        self.worker_cpu.append(sum(_proc_cpu_seconds(p) for p in pids) - cpu_before)
+        self.cpu["loop"].append((self.main_cpu[-1] + (self.worker_cpu[-1] if math.isfinite(self.worker_cpu[-1]) else 0)) / self.steps)
+        assert result.steps == self.steps, (result.steps, self.steps)
+        self.probes.append(probe)
+        return self.steps * self.batch / probe.wall
+
+
+def alternate(contenders: dict, rounds: int) -> dict[str, list[float]]:
+    """Each contender once a round, the order reversed every other round; returns images/s per round."""
+    results: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            results[name].append(contenders[name]())
+    return results
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):8.1f}  (min {min(values):.1f}, max {max(values):.1f})"
+
+
+def ratio_line(label: str, num: list[float], den: list[float], goal: float | None = None) -> str:
+    per_round = [a / b for a, b in zip(num, den)]
+    value = statistics.median(num) / statistics.median(den)
+    verdict = "" if goal is None else ("  goal >= %.2f: MET" % goal if value >= goal else "  goal >= %.2f: BELOW GOAL" % goal)
+    return f"  {label:<34} {value:6.3f}   per round {', '.join(f'{x:.3f}' for x in per_round)}{verdict}"
+
+
+def print_breakdown(bench: LoopBench, loop_ips: list[float], step_ips: list[float], bare_ips: list[float]) -> None:
+    k = sorted(range(len(loop_ips)), key=lambda i: loop_ips[i])[len(loop_ips) // 2]  # the median round
+    probe, steps = bench.probes[k], bench.steps
+    ms = lambda seconds: 1000 * seconds / steps  # noqa: E731
+    in_loop = ms(probe.step)
+    in_memory = 1000 * bench.batch / statistics.median(step_ips)
+    bare = 1000 * bench.batch / statistics.median(bare_ips)
+    other = probe.wall - probe.wait - probe.step - probe.save - probe.metrics
+    total = ms(probe.wall)
+    share = lambda x: 100 * x / total  # noqa: E731
+    print(f"  where the loop's time goes (median round, {steps} steps, {probe.epochs} epoch(s)), ms per step of {total:.0f}:")
+    print(f"    waiting on the loader      {ms(probe.wait):7.1f}  ({share(ms(probe.wait)):4.1f} %; of which first batch of each "
+          f"epoch {ms(probe.first_wait):.1f}: {1000 * probe.first_wait / max(probe.epochs, 1):.0f} ms an epoch)")
+    print(f"    StepRunner inside the loop {in_loop:7.1f}  ({share(in_loop):4.1f} %; the same step on the in-memory batch: "
+          f"{in_memory:.1f}, so {in_loop - in_memory:+.1f} from sharing the cores with the loader workers / noise)")
+    print(f"      of which the method, queue and step plumbing over the bare step: {in_memory - bare:+.1f} (bare step {bare:.1f})")
+    print(f"    checkpoint after each epoch {ms(probe.save):6.1f}  ({share(ms(probe.save)):4.1f} %; "
+          f"{1000 * probe.save / max(probe.epochs, 1):.0f} ms an epoch)")
+    print(f"    metrics.jsonl lines        {ms(probe.metrics):7.1f}  ({share(ms(probe.metrics)):4.1f} %)")
+    print(f"    the rest (fit set-up: prepare_model, optimizer; tqdm, epoch summary) {ms(other):.1f}  ({share(ms(other)):4.1f} %)")
+    workers = bench.worker_cpu[k]
+    if math.isfinite(workers):
+        print(f"    loader workers' CPU: {1000 * workers / steps:.0f} core-ms per step ({bench.setup.cfg.data.num_workers} workers); "
+              f"main process CPU {1000 * bench.main_cpu[k] / steps:.0f} core-ms per step on {torch.get_num_threads()} threads; "
+              f"{os.cpu_count()} cores")
+
+
+def run_part_a(args, teacher_dir: Path, device: torch.device) -> dict[str, LoopBench]:
+    print(f"\n(a) the whole loop (fit) vs the bare step, {args.rounds} alternating rounds, device {device}, "
+          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
+    benches = {}
+    for name in args.configs:
+        cfg = load_config(None, config_overrides(name, args, teacher_dir))
+        setup = build_setup(cfg, device)
+        bench = LoopBench(setup, args.steps)
+        print(f"\n[{name}] {describe(setup)}")
+        print(f"  {bench.steps} steps a round ({bench.epochs} epoch(s) of the loop), {bench.steps * bench.batch} images")
+        bench.warm_up()
+        bench.cpu = {k: [] for k in bench.cpu}
+        results = alternate({"bare": bench.bare, "step": bench.step, "loop": bench.loop}, args.rounds)
+        for label in ("bare", "step", "loop"):
+            print(f"  {label:<5} images/s {spread(results[label])}   CPU {1000 * statistics.median(bench.cpu[label]):.0f} core-ms/step")
+        print(ratio_line("loop / bare (the goal)", results["loop"], results["bare"], GOAL))
+        print(ratio_line("step / bare (method, queue, plumbing)", results["step"], results["bare"]))
+        print(ratio_line("loop / step (loader, logging, ckpt)", results["loop"], results["step"]))
+        cpu_ratio = statistics.median(bench.cpu["bare"]) / statistics.median(bench.cpu["loop"])
+        print(f"  CPU-time view (less sensitive to other load; loop counts its loader workers): bare/loop core-ms {cpu_ratio:.3f}")
+        below = statistics.median(results["loop"]) / statistics.median(results["bare"]) < GOAL
+        if below:
+            print("  BELOW GOAL:")
+        print_breakdown(bench, results["loop"], results["step"], results["bare"])
+        bench.results = results
+        benches[name] = bench
+    return benches
+
+
+# ---------------------------------------------------------------------------------- multi-process
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _kill_all() -> None:
+    for process in _KILL_ON_EXIT:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def start_contender(control: Path, name: str, nproc: int, threads: int, rounds: int, overrides: list[str],
+                    log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    args = [str(WORKER), str(control), name, str(rounds), str(threads), *overrides]
+    if nproc == 1:
+        command = [sys.executable, *args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
+                   "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *args]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    _KILL_ON_EXIT.append(process)
+    return process
+
+
+def wait_file(path: Path, processes: list[subprocess.Popen], logs: list[Path], timeout: float,
+              waited_on: subprocess.Popen | None = None) -> None:
+    """Wait for `path`; fail fast when a contender failed, or when the one it should come from exited."""
+    deadline = time.time() + timeout
+    while not path.exists():
+        for process, log in zip(processes, logs):
+            if process.poll() is not None and (process.returncode != 0 or process is waited_on) and not path.exists():
+                raise RuntimeError(f"a contender exited ({process.returncode}) before {path.name}:\n{log.read_text()[-3000:]}")
+        if time.time() > deadline:
+            raise RuntimeError(f"no {path.name} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def run_contenders(contenders: dict[str, tuple[int, int]], overrides: list[str], rounds: int, timeout: float) -> dict[str, list[dict]]:
+    """Start every contender (name -> (processes, threads per process)), then cue them in turn, round by round."""
+    with tempfile.TemporaryDirectory(prefix="distill_speed_") as folder:
+        control = Path(folder)
+        names, processes, logs = list(contenders), [], []
+        try:
+            for name, (nproc, threads) in contenders.items():
+                logs.append(control / f"{name}.log")
+                processes.append(start_contender(control, name, nproc, threads, rounds, overrides, logs[-1]))
+            for name, process in zip(names, processes):
+                wait_file(control / f"ready_{name}", processes, logs, timeout, process)
+            results: dict[str, list[dict]] = {name: [] for name in names}
+            for r in range(rounds):
+                for name in (names if r % 2 == 0 else names[::-1]):
+                    (control / f"go_{name}_{r}").touch()
+                    done = control / f"done_{name}_{r}.json"
+                    wait_file(done, processes, logs, timeout, processes[names.index(name)])
+                    results[name].append(json.loads(done.read_text()))
+            for process in processes:
+                process.wait(timeout=60)
+            return results
+        finally:
+            _kill_all()
+
+
+def run_part_b(args) -> dict[str, list[float]] | None:
+    print(f"\n(b) 2 gloo processes vs 1 on the CPU: the loop (fit) on the digits default, {args.rounds} alternating rounds")
+    probe_cfg = load_config(None, [])
+    steps_per_epoch = len(build_dataset(probe_cfg.data, "train", None)) // probe_cfg.train.batch_size  # drop-last
+    epochs = max(1, math.ceil((args.steps or steps_per_epoch) / steps_per_epoch))
+    overrides = ["train.resume=false", "train.device=cpu", f"train.epochs={epochs}"]
+    contenders = {"2proc_gloo_1thread_each": (2, 1), "1proc_2threads": (1, 2), "1proc_1thread": (1, 1)}
+    results = run_contenders(contenders, overrides, args.rounds, timeout=args.timeout)
+    ips = {name: [r["images"] / r["wall_s"] for r in rounds] for name, rounds in results.items()}
+    print(f"  {epochs} epoch(s) = {results['1proc_1thread'][0]['steps']} steps a round, global batch 128 "
+          f"(64 per process under 2 processes), data.num_workers=2 in every process, {os.cpu_count()} cores")
+    for name, values in ips.items():
+        epoch_ips = statistics.median([x for r in results[name] for x in r["epoch_images_per_s"]])
+        print(f"  {name:<24} images/s {spread(values)}   (metrics.jsonl epochs: {epoch_ips:.1f})")
+    base = ips["1proc_2threads"]
+    print(ratio_line("2 gloo procs / 1 proc 2 threads", ips["2proc_gloo_1thread_each"], base))
+    print(ratio_line("1 proc 1 thread / 1 proc 2 threads", ips["1proc_1thread"], base))
+    best = max(ips, key=lambda n: statistics.median(ips[n]))
+    print(f"  what {os.cpu_count()} cores allow for the loop on the digits default: {statistics.median(ips[best]):.1f} images/s, "
+          f"with {best} (parallel schemes compared on the same cores, not scaling)")
+    return ips
+
+
+# --------------------------------------------------------------------------------------------- CUDA
+
+def step_images_per_s(setup: Setup, steps: int, rounds: int, variants: dict[str, dict]) -> dict[str, list[float]]:
+    """The library step on an in-memory batch under each variant's train overrides, alternating."""
+    benches = {}
+    for name, train_overrides in variants.items():
+        saved = {k: getattr(setup.cfg.train, k) for k in train_overrides}
+        for k, v in train_overrides.items():
+            setattr(setup.cfg.train, k, v)
+        # a compiled variant gets its own teacher copy: nn.Module.compile would otherwise compile the shared one
+        own = replace(setup, teacher=copy.deepcopy(setup.teacher)) if setup.cfg.train.compile else setup
+        bench = LoopBench(own, steps)
+        bench.steps = steps  # in-memory step only: no epochs involved
+        bench.step(2)  # warm-up (compiles when train.compile)
+        benches[name] = bench
+        for k, v in saved.items():
+            setattr(setup.cfg.train, k, v)
+    return alternate({name: (lambda b=b: b.step()) for name, b in benches.items()}, rounds)
+
+
+class SyntheticViews(torch.utils.data.Dataset):
+    """Stand-in images for shapes only (the projection measures the step, not a loader)."""
+
+    def __init__(self, n: int, size: int):
+        self.n, self.size = n, size
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return [torch.rand(3, self.size, self.size), torch.rand(3, self.size, self.size)], 0, i
+
+
+def run_part_c(args, benches: dict[str, LoopBench], teacher_dir: Path) -> None:
+    if not torch.cuda.is_available():
+        print("\n(c) CUDA: skipped, torch.cuda.is_available() is False on this machine "
+              "(bf16 vs fp32, compile vs eager, 1 vs N processes and the ImageNet projection need a GPU)")
+        return
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    print(f"\n(c) CUDA ({torch.cuda.device_count()} x {name}): the library step on an in-memory batch, "
+          f"{args.cuda_steps} steps a round, {args.rounds} alternating rounds")
+    variants = {"fp32 eager": {"precision": "fp32"}, "bf16 eager": {"precision": "bf16"},
+                "bf16 compile": {"precision": "bf16", "compile": True}}
+    for config_name, bench in benches.items():
+        res = step_images_per_s(bench.setup, args.cuda_steps, args.rounds, variants)
+        print(f"  [{config_name}]")
+        for v, values in res.items():
+            print(f"    {v:<13} images/s {spread(values)}")
+        print("  " + ratio_line("bf16 / fp32 (eager)", res["bf16 eager"], res["fp32 eager"]).strip())
+        print("  " + ratio_line("compile / eager (bf16)", res["bf16 compile"], res["bf16 eager"]).strip())
+    count = torch.cuda.device_count()
+    if count > 1 and not args.skip_multiprocess:
+        epochs = 3
+        overrides = ["train.resume=false", f"train.epochs={epochs}"]
+        results = run_contenders({f"{count}proc_nccl": (count, 4), "1proc": (1, 4)}, overrides, args.rounds, args.timeout)
+        ips = {n: [r["images"] / r["wall_s"] for r in rs] for n, rs in results.items()}
+        print(f"  the loop (fit) on the digits default, {epochs} epochs a round, global batch 128:")
+        for n, values in ips.items():
+            print(f"    {n:<13} images/s {spread(values)}")
+        print("  " + ratio_line(f"{count} processes / 1", ips[f"{count}proc_nccl"], ips["1proc"]).strip())
+    else:
+        print(f"  1 vs N processes: {count} device here, nothing to compare")
+    # the ImageNet preset's models at 224 px
+    teacher_path = random_teacher_file("resnet50", teacher_dir)
+    per_device = {}
+    for batch in (256 // PROJECTION_DEVICES, 256):
+        cfg = load_config(str(IMAGENET_PRESET), [f"teacher.path={teacher_path}", f"train.batch_size={batch}", "data.num_workers=0",
+                                                 "train.resume=false"])
+        torch.manual_seed(0)
+        teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, image_size=224).to(device)
+        dataset = SyntheticViews(batch * 2, 224)
+        loader = make_loader(dataset, batch, train=True, num_workers=0)
+        setup = Setup(cfg, device, teacher, dataset, loader)
+        res = step_images_per_s(setup, args.cuda_steps, args.rounds, {"preset": {}})
+        per_device[batch] = statistics.median(res["preset"])
+        print(f"  ImageNet preset models (resnet50 -> resnet18, 224 px, dlkd, queue {cfg.loss.queue_size}, precision "
+              f"{cfg.train.precision}), {batch} images per device per step: images/s per device {spread(res['preset'])}")
+        del setup, teacher
+        torch.cuda.empty_cache()
+    for batch, ips in per_device.items():
+        seconds = PROJECTION_EPOCHS * IMAGENET_TRAIN_IMAGES / (PROJECTION_DEVICES * ips)
+        note = "the preset's global batch 256 over 8 devices" if batch * PROJECTION_DEVICES == 256 else "global batch 2048"
+        print(f"  PROJECTION (not a measurement): {PROJECTION_EPOCHS} epochs x {IMAGENET_TRAIN_IMAGES:,} images on "
+              f"{PROJECTION_DEVICES} x {name} at {ips:.0f} images/s each ({batch} per device: {note}), linear scaling, "
+              f"loader keeping up: {seconds / 3600:.1f} h")
+
+
+# --------------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=None, help="steps a round (default: one epoch of each config)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--configs", default="digits,natural64", help="comma-separated: digits, natural64")
+    parser.add_argument("--data-root", default=DEFAULT_DATA, help="CIFAR-10 JPEG zip, or a folder with train/<class>/*.jpg")
+    parser.add_argument("--subset", type=int, default=640, help="natural64: images of the train folder used (data.subset)")
+    parser.add_argument("--skip-multiprocess", action="store_true", help="skip part (b) (and (c)'s 1 vs N processes)")
+    parser.add_argument("--skip-cuda", action="store_true", help="skip part (c)")
+    parser.add_argument("--threads", type=int, default=None, help="(a), (c): torch threads in this process (default: torch's, one per core)")
+    parser.add_argument("--cuda-steps", type=int, default=20, help="(c): steps a round")
+    parser.add_argument("--timeout", type=float, default=900, help="(b): seconds a contender may take for one wait")
+    args = parser.parse_args()
+    args.configs = [c for c in args.configs.split(",") if c]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = loop_module.resolve_device("auto")
+    print(f"distill_speed: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+          f"device {device}, load average {load_average()}", flush=True)
+    start = time.time()
+    try:
+        with tempfile.TemporaryDirectory(prefix="distill_speed_teachers_") as teacher_dir:
+            benches = run_part_a(args, Path(teacher_dir), device) if args.configs else {}
+            if args.skip_multiprocess:
+                print("\n(b) 2 gloo processes vs 1: skipped (--skip-multiprocess)")
+            elif device.type == "cuda":
+                print("\n(b) 2 gloo processes vs 1 on the CPU: skipped on a CUDA machine (see (c) for 1 vs N devices)")
+            else:
+                run_part_b(args)
+            if args.skip_cuda:
+                print("\n(c) CUDA: skipped (--skip-cuda)")
+            else:
+                run_part_c(args, benches, Path(teacher_dir))
+    finally:
+        _kill_all()
+    print(f"\ndone in {time.time() - start:.0f} s, load average {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
