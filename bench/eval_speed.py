@@ -5,8 +5,9 @@
 
 (a) knn: exact top-k cosine search of `--queries` query rows among `--train` rows (random Gaussian,
     L2-normalised float32, `--dim` wide), four ways on the same data:
-      library  `ssl_kd.evaluation.knn.knn_search` as the library calls it (backend "auto": torch
-               matmul + topk on a CPU; includes its input checks and the normalised query copy),
+      library  `ssl_kd.evaluation.knn.knn_search` as the library calls it (backend "auto": on a CPU
+               torch matmul + topk, or for a large search the faster of torch and FAISS on a timed
+               sample; includes that timing, its input checks and the normalised query copy),
       faiss    `knn_search(..., backend="faiss")`: FAISS `IndexFlatIP` on the CPU (includes building
                the index, a copy of the bank),
       sklearn  `NearestNeighbors(algorithm="brute", metric="euclidean")` fit + kneighbors: on unit rows

@@ -160,3 +160,15 @@ def test_hnsw_gives_the_exact_knn_and_retrieval_numbers_on_separable_clusters():
     approximate = knn_classify(bank, bank_y, queries, query_y, ks=(20,), backend="hnsw")
     assert approximate.top1 == exact.top1 == 100.0
     assert retrieval_metrics(bank, bank_y, queries, query_y, backend="hnsw").recall[1] == 100.0
+
+
+def test_auto_times_both_cpu_backends_only_for_a_large_search(monkeypatch):
+    bank = unit_rows(F.normalize(torch.randn(300, 8), dim=1), "bank")
+    queries = unit_rows(F.normalize(torch.randn(40, 8), dim=1), "queries")
+    assert search.auto_cpu_backend(bank, queries, 5) == "torch"  # 96,000 multiply-adds: no timing
+    monkeypatch.setattr(search, "CALIBRATE_WORK", 10)
+    assert search.auto_cpu_backend(bank, queries, 5) in ("torch", "faiss")
+    monkeypatch.setattr(search, "fastest_cpu_backend", lambda *args: "faiss")
+    exact = knn_search(bank, queries, 5, backend="torch")
+    measured = knn_search(bank, queries, 5)  # "auto" now searches with FAISS's CPU index
+    assert torch.equal(exact[1], measured[1]) and torch.allclose(exact[0], measured[0], atol=1e-5)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ssl_kd.errors import UserError
-from ssl_kd.evaluation.search import (ArrayLike, choose_backend, cpu_index, to_gpu, unit_rows,
+from ssl_kd.evaluation.search import (ArrayLike, auto_cpu_backend, choose_backend, cpu_index, to_gpu, unit_rows,
                                       unit_rows_copy)
 
 __all__ = ["KNNResult", "knn_search", "knn_classify", "weighted_vote", "rank_of_label"]
@@ -114,9 +114,10 @@ def knn_search(
 
     Both sets are L2-normalised here (inputs are not modified; train features that are normalised
     already are used without a copy). `backend="auto"` searches with FAISS's GPU index when FAISS
-    has GPU support, CUDA is there, `use_gpu` is not False and k <= 2048, and otherwise with torch
-    matmul + topk on the CPU (faster than FAISS's CPU index on the 2-core machine measured; see
-    `ssl_kd.evaluation.search` for the figures); "torch" or "faiss" forces one. All give the same
+    has GPU support, CUDA is there, `use_gpu` is not False and k <= 2048, and otherwise on the CPU
+    with torch matmul + topk, or for a large search with whichever of torch and FAISS's CPU index
+    searched a sample faster on this machine (`ssl_kd.evaluation.search`); "torch", "faiss" or the
+    approximate "hnsw" forces one. All give the same
     neighbours up to ties and similarities within float32 rounding. Queries go through in chunks
     of `chunk_size` (the torch backend also caps each block of similarities at 256 MiB). `k` is
     clipped to the number of train items.
@@ -140,6 +141,8 @@ def knn_search(
     k = min(int(k), train.shape[0])
 
     chosen = choose_backend(backend, use_gpu, k)
+    if backend == "auto" and chosen == "torch":
+        chosen = auto_cpu_backend(train, query, k)  # a large search: the CPU backend measured faster here
     index = cpu_index(train, "faiss" if chosen == "faiss-gpu" else chosen)
     if chosen == "faiss-gpu":
         index = to_gpu(index, use_gpu)

@@ -53,7 +53,8 @@ from torch import Tensor
 
 from ssl_kd.errors import UserError
 from ssl_kd.evaluation.knn import _as_labels
-from ssl_kd.evaluation.search import GPU_MAX_K, ArrayLike, choose_backend, cpu_index, to_gpu, unit_rows, unit_rows_copy
+from ssl_kd.evaluation.search import (GPU_MAX_K, ArrayLike, auto_cpu_backend, choose_backend, cpu_index, to_gpu, unit_rows,
+                                     unit_rows_copy)
 
 __all__ = ["RetrievalResult", "map_at_r_from_ranking", "recall_at_k_from_ranking", "retrieval_metrics"]
 
@@ -163,7 +164,10 @@ def retrieval_metrics(
         raise UserError("no query label occurs in the database, so no query has a relevant item; "
                         "use the same class indices for both splits")
 
-    cpu_search = cpu_index(db, choose_backend(backend, use_gpu=False))  # "torch", "faiss" or "hnsw"
+    cpu_choice = choose_backend(backend, use_gpu=False)  # "torch", "faiss" or "hnsw"
+    if backend == "auto":  # a large search: the CPU backend measured faster here
+        cpu_choice = auto_cpu_backend(db, query, min(n_db, max(max(ks), int(r_all.max()))))
+    cpu_search = cpu_index(db, cpu_choice)
     gpu_index = None if backend in ("torch", "hnsw") else to_gpu(cpu_search, use_gpu)  # None without faiss-gpu + CUDA
 
     hits = {k: 0 for k in ks}

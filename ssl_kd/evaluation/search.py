@@ -19,7 +19,12 @@ backends differ only in who multiplies and who selects:
                  it is used only when asked for (`eval.search=hnsw`, `--search hnsw`), never by the rule.
 
 The rule (`choose_backend(backend="auto", ...)`): "faiss-gpu" when it is available, `use_gpu` is not
-False and k <= GPU_MAX_K; otherwise "torch". `backend="faiss"`, `"torch"` or `"hnsw"` forces one.
+False and k <= GPU_MAX_K; otherwise the CPU backend, "torch" for a small search and, for a large one
+(Q x N x D above `CALIBRATE_WORK` multiply-adds), whichever of "torch" and "faiss" searched a sample
+of its queries faster on this machine just now (`auto_cpu_backend`, `fastest_cpu_backend`). No fixed
+choice is right on every machine: on one idle 2-core machine (below) torch was 2.7x FAISS, on
+another 2-core machine of the same kind (AMD EPYC, load 1.6) FAISS was 1.42x torch (3.20 s against
+4.53 s for the search below). `backend="faiss"`, `"torch"` or `"hnsw"` forces one.
 
 Why torch and not FAISS on the CPU (2-core AMD EPYC, Zen 4, x86_64, KVM; torch 2.14.1 with MKL,
 faiss-cpu 1.15.1 with its bundled OpenBLAS 0.3.15): `bench/eval_speed.py` (top-200 of 10,000 queries
@@ -43,6 +48,7 @@ float32 rounding of two BLAS libraries).
 
 from __future__ import annotations
 
+import time
 from typing import Union
 
 import faiss
@@ -60,6 +66,9 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "faiss", "hnsw")
+CALIBRATE_WORK = 2e10  # multiply-adds (queries x bank rows x dims) above which "auto" times both CPU backends
+CALIBRATION_QUERIES = 256  # queries of the timing sample
+CALIBRATION_ROWS = 50_000  # bank rows of the timing sample (both backends' cost is linear in the rows)
 HNSW_LINKS = 32  # M: graph links per node (FAISS's usual 32; memory N x M x 8 bytes on top of the bank)
 HNSW_MIN_EF = 128  # efSearch floor; efSearch = max(2k, 128) candidates explored per query
 GPU_MAX_K = 2048  # faiss GPU k-selection limit (GPU_MAX_SELECTION_K, CUDA builds since faiss 1.7)
@@ -188,6 +197,28 @@ class HNSWSearch:
     def search(self, x: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
         self.index.hnsw.efSearch = max(2 * int(k), HNSW_MIN_EF)
         return self.index.search(_float32_view(x), int(k))
+
+
+def fastest_cpu_backend(bank: np.ndarray, queries: np.ndarray, k: int) -> str:
+    """"torch" or "faiss": whichever searched a sample (`CALIBRATION_QUERIES` queries among at most
+    `CALIBRATION_ROWS` bank rows) faster, best of 2 alternating rounds, on this machine now."""
+    sample_bank, sample = bank[:CALIBRATION_ROWS], queries[:CALIBRATION_QUERIES]
+    k = min(k, sample_bank.shape[0])
+    searchers = {name: cpu_index(sample_bank, name) for name in ("torch", "faiss")}
+    best = {name: float("inf") for name in searchers}
+    for _ in range(2):
+        for name, index in searchers.items():
+            start = time.perf_counter()
+            index.search(sample, k)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return min(best, key=best.get)
+
+
+def auto_cpu_backend(bank: np.ndarray, queries: np.ndarray, k: int) -> str:
+    """The CPU backend "auto" means for this search: "torch" below `CALIBRATE_WORK` multiply-adds, the
+    measured faster of torch and FAISS above."""
+    work = float(queries.shape[0]) * bank.shape[0] * bank.shape[1]
+    return fastest_cpu_backend(bank, queries, k) if work > CALIBRATE_WORK else "torch"
 
 
 def cpu_index(bank: np.ndarray, backend: str) -> TorchFlatIP | HNSWSearch | faiss.IndexFlatIP:
