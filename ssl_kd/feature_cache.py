@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from ssl_kd.errors import UserError
 from ssl_kd.feature_shards import broadcast_from_main, sharded_features
 from ssl_kd.features import _show_progress
-from ssl_kd.parallel import barrier, broadcast_object, is_main_process
+from ssl_kd.evaluation.on_main import on_main_process
+from ssl_kd.parallel import barrier, is_main_process
 
 __all__ = ["CACHE_DTYPES", "cached_features", "feature_cache_key"]
 
@@ -113,14 +114,19 @@ def cached_features(
         return _extract(model, dataset, batch_size, num_workers, device, normalize, desc, progress)
 
     show = _show_progress(progress) and is_main_process()
-    cached = key = path = None
-    if is_main_process():  # one process decides; the others follow its answer
-        key = feature_cache_key(model, dataset, normalize=normalize, extra=extra)
-        path = Path(cache_dir) / f"{key}.safetensors"
-        cached = _usable_cache(path, key, len(dataset), dtype, show)
-    if broadcast_object(cached is not None):
-        feats, labels = cached or (None, None)
+    found: dict = {}  # rank 0's key, path and cached (feats, labels) or None
+
+    def look_up() -> bool:
+        found["key"] = feature_cache_key(model, dataset, normalize=normalize, extra=extra)
+        found["path"] = Path(cache_dir) / f"{found['key']}.safetensors"
+        found["cached"] = _usable_cache(found["path"], found["key"], len(dataset), dtype, show)
+        return found["cached"] is not None
+
+    # one process decides and the others follow its answer (an error there is raised on every rank)
+    if on_main_process(look_up):
+        feats, labels = found.get("cached") or (None, None)
         return broadcast_from_main(feats), broadcast_from_main(labels)
+    key, path = found.get("key"), found.get("path")
 
     feats, labels = _extract(model, dataset, batch_size, num_workers, device, normalize, desc, progress)
     stored_feats = feats.to(getattr(torch, dtype)).contiguous()
