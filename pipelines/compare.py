@@ -35,6 +35,7 @@ from ssl_kd.parallel import barrier, is_main_process  # noqa: E402
 
 DEFAULT_METHODS = "dlkd,seed,compress_1q,ssl_scratch"
 FLAGS = {"teacher": "teacher.path", "teacher_arch": "teacher.arch", "data": "data.name", "data_root": "data.root",
+    "eval_data": "eval_data.name", "eval_data_root": "eval_data.root",
          "student": "student.arch", "epochs": "train.epochs", "batch_size": "train.batch_size", "out": "out"}
 
 
@@ -47,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--teacher-arch", metavar="NAME")
     parser.add_argument("--data", metavar="NAME")
     parser.add_argument("--data-root", metavar="DIR")
+    parser.add_argument("--eval-data", metavar="NAME", help="a separate labeled evaluation set (default: the training data's splits)")
+    parser.add_argument("--eval-data-root", metavar="DIR")
     parser.add_argument("--student", metavar="NAME")
     parser.add_argument("--epochs", type=int, metavar="N")
     parser.add_argument("--batch-size", type=int, metavar="N")

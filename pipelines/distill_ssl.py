@@ -35,6 +35,7 @@ from ssl_kd.parallel import is_main_process  # noqa: E402
 FLAGS = {
     "teacher": "teacher.path", "teacher_arch": "teacher.arch", "teacher_format": "teacher.format",
     "trust_checkpoint": "teacher.trust_checkpoint", "data": "data.name", "data_root": "data.root",
+    "eval_data": "eval_data.name", "eval_data_root": "eval_data.root",
     "student": "student.arch", "method": "loss.method", "epochs": "train.epochs", "batch_size": "train.batch_size", "out": "out",
 }
 
@@ -52,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="allow a full unpickle of a teacher file that pickles foreign classes (can run its code: trusted files only)")
     parser.add_argument("--data", metavar="NAME", help="digits (default, embedded) | cifar10 | cifar100 | stl10 | imagefolder")
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder (torchvision download target, or an ImageFolder)")
+    parser.add_argument("--eval-data", metavar="NAME", help="a separate labeled evaluation set (same names as --data) for the "
+                        "k-NN monitor, k-NN, retrieval and the probe; default: the training data's own splits")
+    parser.add_argument("--eval-data-root", metavar="DIR", help="its folder (eval_data.root)")
     parser.add_argument("--student", metavar="NAME", help="timm name of the student backbone (default resnet10t)")
     parser.add_argument("--method", metavar="NAME", help=f"distillation method: {', '.join(method_names())}")
     parser.add_argument("--epochs", type=int, metavar="N")

@@ -209,6 +209,10 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # a separate labeled evaluation set (--eval-data NAME --eval-data-root DIR) for the k-NN monitor, k-NN,
+    # retrieval and the probe, with its own train (bank) / test (queries) split; null: the training data's
+    # splits. Its image_size defaults to the training data's (the size the networks were trained at).
+    eval_data: Optional[DataConfig] = None
     out: str = "runs/default"
 
 

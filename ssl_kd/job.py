@@ -19,7 +19,7 @@ from .config import Config
 from .data import make_loader
 from .defaults import default_teacher
 from .distill import build_student
-from .evaluation.inputs import EvalSplits, eval_splits, split_features
+from .evaluation.inputs import EvalSplits, eval_splits, evaluation_data, split_features
 from .evaluation.knn import knn_classify
 from .evaluation.on_main import on_main_process
 from .evaluation.suite import (
@@ -47,7 +47,7 @@ class JobInputs:
 def load_inputs(cfg: Config) -> JobInputs:
     """Data first (cheap, fails fast on a bad folder), then the teacher, moved to the device."""
     device = resolve_device(cfg.train.device)
-    splits = eval_splits(cfg.data)
+    splits = eval_splits(evaluation_data(cfg.data, cfg.eval_data))
     teacher_path = str(cfg.teacher.path or default_teacher(cfg.data.name))
     teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
                            image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
@@ -137,7 +137,12 @@ def protocol(cfg: Config) -> dict:
 
 
 def data_summary(cfg: Config, inputs: JobInputs) -> dict:
-    return {"name": cfg.data.name, "train": len(inputs.train_eval), "test": len(inputs.test_eval), "image_size": cfg.data.image_size}
+    """The training data (name, image size) and the evaluation data: "train" / "test" are the sizes of the
+    evaluation's bank and query splits, which "evaluation" names (the training data's own, or --eval-data)."""
+    evaluation = evaluation_data(cfg.data, cfg.eval_data)
+    return {"name": cfg.data.name, "train": len(inputs.train_eval), "test": len(inputs.test_eval), "image_size": cfg.data.image_size,
+            "evaluation": {"name": evaluation.name, "root": evaluation.root, "image_size": evaluation.image_size,
+                           "separate": cfg.eval_data is not None}}
 
 
 def machine_description(device: torch.device) -> str:

@@ -9,14 +9,14 @@ also runs under torchrun (every rank extracts a shard; see `ssl_kd.feature_cache
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
-from ..data import build_dataset, eval_transform
+from ..data import build_dataset, eval_transform, resolve_data_config
 from ..feature_cache import cached_features
 
 SPLITS = ("train", "test")
@@ -30,6 +30,16 @@ class EvalSplits:
     @property
     def classes(self) -> list[str]:
         return list(self.test.classes)
+
+
+def evaluation_data(train: DataConfig, eval_data: DataConfig | None) -> DataConfig:
+    """The data evaluation runs on: `eval_data` (a separate labeled set) when given, else the training
+    data. A separate set is seen at the training data's image size unless its own `image_size` says
+    otherwise, and loads with the training data's `num_workers`."""
+    if eval_data is None:
+        return resolve_data_config(train)
+    size = eval_data.image_size or resolve_data_config(train).image_size
+    return resolve_data_config(replace(eval_data, image_size=size, num_workers=train.num_workers))
 
 
 def eval_split(data: DataConfig, split: str) -> Dataset:

@@ -82,6 +82,15 @@ def figure_lines(figures: dict[str, Path], out_dir: Path) -> list[str]:
     return [f"![{name}]({Path(path).relative_to(out_dir)})" for name, path in figures.items()]
 
 
+def _evaluation_line(data: dict) -> str:
+    """Which images the numbers come from: the training data's splits, or a separate evaluation set."""
+    evaluation = data.get("evaluation", {})
+    if evaluation.get("separate"):
+        return (f"trained on {data['name']}, evaluated on {evaluation['name']} ({data['train']} bank / {data['test']} query "
+                f"images at {evaluation['image_size']} px)")
+    return f"{data['train']} train / {data['test']} test images at {data['image_size']} px"
+
+
 def write_report(out_dir: Path, report: dict, figures: dict[str, Path] | None = None) -> tuple[Path, Path]:
     """report.json and report.md of one run (the figures, already written, are linked from the Markdown)."""
     out_dir = Path(out_dir)
@@ -92,7 +101,7 @@ def write_report(out_dir: Path, report: dict, figures: dict[str, Path] | None = 
         f"# ssl_kd report: {report['method']} on {data['name']}",
         "",
         f"Teacher `{report['teacher']['source']}` -> student `{report['student']['arch']}`; "
-        f"{data['train']} train / {data['test']} test images at {data['image_size']} px; "
+        f"{_evaluation_line(data)}; "
         f"{report['training']['epochs']} epochs in {report['training']['seconds']:.0f} s on {report['machine']}.",
         "",
         markdown_table(report),
