@@ -137,12 +137,13 @@ def protocol(cfg: Config) -> dict:
 
 
 def data_summary(cfg: Config, inputs: JobInputs) -> dict:
-    """The training data (name, image size) and the evaluation data: "train" / "test" are the sizes of the
-    evaluation's bank and query splits, which "evaluation" names (the training data's own, or --eval-data)."""
-    evaluation = evaluation_data(cfg.data, cfg.eval_data)
-    return {"name": cfg.data.name, "train": len(inputs.train_eval), "test": len(inputs.test_eval), "image_size": cfg.data.image_size,
-            "evaluation": {"name": evaluation.name, "root": evaluation.root, "image_size": evaluation.image_size,
-                           "separate": cfg.eval_data is not None}}
+    """The training data (name, image size); "train" / "test" are the sizes of the evaluation's bank and
+    query splits, the training data's own unless a separate set (--eval-data) is named under "evaluation"."""
+    summary = {"name": cfg.data.name, "train": len(inputs.train_eval), "test": len(inputs.test_eval), "image_size": cfg.data.image_size}
+    if cfg.eval_data is not None:
+        evaluation = evaluation_data(cfg.data, cfg.eval_data)
+        summary["evaluation"] = {"name": evaluation.name, "root": evaluation.root, "image_size": evaluation.image_size}
+    return summary
 
 
 def machine_description(device: torch.device) -> str:

@@ -52,7 +52,7 @@ def test_the_main_job_distils_on_digits_and_reports_on_a_separate_labeled_folder
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((run / "report.json").read_text())
     assert report["data"]["name"] == "digits"
-    assert report["data"]["evaluation"] == {"name": "imagefolder", "root": str(folder), "image_size": 32, "separate": True}
+    assert report["data"]["evaluation"] == {"name": "imagefolder", "root": str(folder), "image_size": 32}
     assert (report["data"]["train"], report["data"]["test"]) == (16, 4)  # the folder's bank and queries, not digits'
     assert report["teacher"]["knn"]["num_classes"] == 2
     assert "trained on digits, evaluated on imagefolder" in (run / "report.md").read_text()

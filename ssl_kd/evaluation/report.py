@@ -84,8 +84,8 @@ def figure_lines(figures: dict[str, Path], out_dir: Path) -> list[str]:
 
 def _evaluation_line(data: dict) -> str:
     """Which images the numbers come from: the training data's splits, or a separate evaluation set."""
-    evaluation = data.get("evaluation", {})
-    if evaluation.get("separate"):
+    evaluation = data.get("evaluation")
+    if evaluation:
         return (f"trained on {data['name']}, evaluated on {evaluation['name']} ({data['train']} bank / {data['test']} query "
                 f"images at {evaluation['image_size']} px)")
     return f"{data['train']} train / {data['test']} test images at {data['image_size']} px"
