@@ -65,218 +65,41 @@ import argparse
 import contextlib
 import copy
 import io
-import json
 import math
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 from ssl_kd import loop as loop_module  # noqa: E402
-from ssl_kd.config import Config, load_config, to_dict  # noqa: E402
-from ssl_kd.data import build_dataset, make_loader, resolve_data_config, views_transform  # noqa: E402
-from ssl_kd.defaults import default_teacher  # noqa: E402
-from ssl_kd.distill import build_objective, build_student  # noqa: E402
+from ssl_kd.config import load_config, to_dict  # noqa: E402
+from ssl_kd.data import build_dataset, make_loader  # noqa: E402
+from ssl_kd.distill import build_student  # noqa: E402
 from ssl_kd.loop import StepRunner, autocast_context, build_optimizer, cosine_schedule, fit, prepare_model  # noqa: E402
-from ssl_kd.losses.base import DistillMethod  # noqa: E402
 from ssl_kd.objective import DistillObjective  # noqa: E402
 from ssl_kd.teachers import load_teacher  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_speed_processes import kill_all, run_contenders  # noqa: E402
+from distill_speed_timing import (Probe, TimedLoader, alternate, instrumented_loop, proc_cpu_seconds,  # noqa: E402
+                                  ratio_line, spread)
+from distill_speed_setup import (FeatureRegression, Setup, build_setup, config_overrides, describe,  # noqa: E402
+                                 fresh_objective, load_average, random_teacher_file, sync)
 
 GOAL = 0.95
 DEFAULT_DATA = "/work/shared/data/cifar10/cifar10-jpg-dev.zip"
 IMAGENET_PRESET = REPO / "configs" / "imagenet-resnet50-to-resnet18.yaml"
 IMAGENET_TRAIN_IMAGES = 1_281_167
 PROJECTION_EPOCHS, PROJECTION_DEVICES = 200, 8
-WORKER = Path(__file__).resolve().parent / "distill_speed_worker.py"
-_KILL_ON_EXIT: list[subprocess.Popen] = []
 
-
-# ----------------------------------------------------------------------------------------------- setup
-
-class FeatureRegression(DistillMethod):
-    """The bare step's loss: MSE between the student's projection and the teacher's embedding (no queue)."""
-
-    def forward(self, student, teacher, queue, ctx) -> dict:
-        return {"loss": F.mse_loss(student.emb, teacher.emb.detach())}
-
-
-@dataclass
-class Setup:
-    """One config's teacher, data and loader, built as `ssl_kd.distill.distill` builds them."""
-
-    cfg: Config
-    device: torch.device
-    teacher: nn.Module
-    dataset: object
-    loader: object
-    extra: dict = field(default_factory=dict)
-
-
-def build_setup(cfg: Config, device: torch.device) -> Setup:
-    torch.manual_seed(cfg.train.seed)
-    data = resolve_data_config(cfg.data)
-    path = cfg.teacher.path or default_teacher(cfg.data.name)
-    teacher = load_teacher(path, arch=cfg.teacher.arch, image_size=cfg.teacher.image_size or data.image_size).to(device)
-    dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
-    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
-                         pin_memory=device.type == "cuda")
-    return Setup(cfg, device, teacher, dataset, loader)
-
-
-def fresh_objective(setup: Setup) -> nn.Module:
-    """The config's distillation objective with a newly initialised student (and method, queue)."""
-    return build_objective(setup.cfg, setup.teacher, build_student(setup.cfg, setup.teacher), len(setup.dataset))
-
-
-def random_teacher_file(arch: str, folder: Path) -> Path:
-    import timm
-
-    path = folder / f"random_{arch}.pth"
-    if not path.exists():
-        torch.manual_seed(0)
-        torch.save(timm.create_model(arch, num_classes=0).state_dict(), path)
-    return path
-
-
-def cifar_train_root(data_root: str, scratch: Path) -> Path:
-    """A folder holding train/<class>/*.jpg: `data_root` itself, or the zip unpacked once under `scratch`."""
-    root = Path(data_root)
-    if root.is_dir():
-        return root if (root / "train").is_dir() else root.parent if root.name == "train" else root
-    if not zipfile.is_zipfile(root):
-        raise SystemExit(f"--data-root {root} is neither a folder nor a zip of train/<class>/*.jpg")
-    out = scratch / root.stem
-    if not (out / ".complete").exists():
-        print(f"unpacking {root} into {out} (once; outside the project)", flush=True)
-        with zipfile.ZipFile(root) as archive:
-            archive.extractall(out)
-        (out / ".complete").touch()
-    return out
-
-
-def config_overrides(name: str, args, teacher_dir: Path) -> list[str]:
-    common = ["train.resume=false"]
-    if name == "digits":
-        return common
-    if name == "natural64":
-        root = cifar_train_root(args.data_root, Path(tempfile.gettempdir()) / "ssl_kd_distill_speed")
-        return common + ["data.name=imagefolder", f"data.root={root}", "data.image_size=64", f"data.subset={args.subset}",
-                         f"teacher.path={random_teacher_file('resnet18', teacher_dir)}", "teacher.arch=resnet18"]
-    raise SystemExit(f"unknown config {name!r}; choose from digits, natural64")
-
-
-def describe(setup: Setup) -> str:
-    cfg, data = setup.cfg, resolve_data_config(setup.cfg.data)
-    return (f"{cfg.data.name} {len(setup.dataset)} images at {data.image_size} px, teacher {setup.teacher.arch} "
-            f"({setup.teacher.embed_dim}-d) -> student {cfg.student.arch}, method {cfg.loss.method}, batch "
-            f"{cfg.train.batch_size} x 2 views, {len(setup.loader)} steps/epoch, data.num_workers={cfg.data.num_workers}, "
-            f"precision {cfg.train.precision}, compile {cfg.train.compile}")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def load_average() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
-# --------------------------------------------------------------------------------- timing instruments
-
-def _proc_cpu_seconds(pid: int) -> float:
-    try:
-        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields_[11]) + int(fields_[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-class Probe:
-    """Timestamps around the loop's parts for one `fit` call."""
-
-    def __init__(self):
-        self.wait = self.first_wait = self.step = self.save = self.metrics = 0.0
-        self.steps = self.epochs = 0
-
-
-class TimedLoader:
-    """The loader as `fit` sees it (len, sampler, generator, iteration), timing each `next`."""
-
-    def __init__(self, loader, probe: Probe):
-        self._loader, self._probe = loader, probe
-
-    def __len__(self):
-        return len(self._loader)
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-    def __iter__(self):
-        it, first = iter(self._loader), True
-        self._probe.epochs += 1
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            waited = time.perf_counter() - start
-            self._probe.wait += waited
-            if first:
-                self._probe.first_wait, first = self._probe.first_wait + waited, False
-            yield batch
-
-    def worker_pids(self) -> list[int]:
-        iterator = getattr(self._loader, "_iterator", None)
-        return [w.pid for w in getattr(iterator, "_workers", [])]
-
-
-@contextlib.contextmanager
-def instrumented_loop(probe: Probe, device: torch.device):
-    """Patch ssl_kd.loop's StepRunner, _save and _append_metrics (module globals `fit` looks up) to time them."""
-    original_runner, original_save, original_metrics = loop_module.StepRunner, loop_module._save, loop_module._append_metrics
-
-    class TimedStepRunner(original_runner):
-        def __call__(self, views, index, lr):
-            start = time.perf_counter()
-            values = super().__call__(views, index, lr)  # returns floats: the step has synchronized
-            probe.step += time.perf_counter() - start
-            probe.steps += 1
-            return values
-
-    def timed(fn, attr):
-        def wrapper(*a, **k):
-            start = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                setattr(probe, attr, getattr(probe, attr) + time.perf_counter() - start)
-        return wrapper
-
-    loop_module.StepRunner = TimedStepRunner
-    loop_module._save, loop_module._append_metrics = timed(original_save, "save"), timed(original_metrics, "metrics")
-    try:
-        yield
-    finally:
-        loop_module.StepRunner, loop_module._save, loop_module._append_metrics = original_runner, original_save, original_metrics
 
 
 # --------------------------------------------------------------------------------------- contenders
@@ -348,7 +171,7 @@ class LoopBench:
         probe = Probe()
         loader = TimedLoader(self.setup.loader, probe)
         pids = loader.worker_pids()
-        cpu_before = sum(_proc_cpu_seconds(p) for p in pids)
+        cpu_before = sum(proc_cpu_seconds(p) for p in pids)
         main_before = time.process_time()
         cfg = self.setup.cfg
         with tempfile.TemporaryDirectory() as run_dir, instrumented_loop(probe, self.setup.device), \
@@ -358,32 +181,11 @@ class LoopBench:
             sync(self.setup.device)
             probe.wall = time.perf_counter() - start
         self.main_cpu.append(time.process_time() - main_before)
-        self.worker_cpu.append(sum(_proc_cpu_seconds(p) for p in pids) - cpu_before)
+        self.worker_cpu.append(sum(proc_cpu_seconds(p) for p in pids) - cpu_before)
         self.cpu["loop"].append((self.main_cpu[-1] + (self.worker_cpu[-1] if math.isfinite(self.worker_cpu[-1]) else 0)) / self.steps)
         assert result.steps == self.steps, (result.steps, self.steps)
         self.probes.append(probe)
         return self.steps * self.batch / probe.wall
-
-
-def alternate(contenders: dict, rounds: int) -> dict[str, list[float]]:
-    """Each contender once a round, the order reversed every other round; returns images/s per round."""
-    results: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            results[name].append(contenders[name]())
-    return results
-
-
-def spread(values: list[float]) -> str:
-    return f"median {statistics.median(values):8.1f}  (min {min(values):.1f}, max {max(values):.1f})"
-
-
-def ratio_line(label: str, num: list[float], den: list[float], goal: float | None = None) -> str:
-    per_round = [a / b for a, b in zip(num, den)]
-    value = statistics.median(num) / statistics.median(den)
-    verdict = "" if goal is None else ("  goal >= %.2f: MET" % goal if value >= goal else "  goal >= %.2f: BELOW GOAL" % goal)
-    return f"  {label:<34} {value:6.3f}   per round {', '.join(f'{x:.3f}' for x in per_round)}{verdict}"
 
 
 def print_breakdown(bench: LoopBench, loop_ips: list[float], step_ips: list[float], bare_ips: list[float]) -> None:
@@ -443,72 +245,6 @@ def run_part_a(args, teacher_dir: Path, device: torch.device) -> dict[str, LoopB
 
 
 # ---------------------------------------------------------------------------------- multi-process
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _kill_all() -> None:
-    for process in _KILL_ON_EXIT:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-
-
-def start_contender(control: Path, name: str, nproc: int, threads: int, rounds: int, overrides: list[str],
-                    log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(var, None)
-    args = [str(WORKER), str(control), name, str(rounds), str(threads), *overrides]
-    if nproc == 1:
-        command = [sys.executable, *args]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-                   "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *args]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    _KILL_ON_EXIT.append(process)
-    return process
-
-
-def wait_file(path: Path, processes: list[subprocess.Popen], logs: list[Path], timeout: float,
-              waited_on: subprocess.Popen | None = None) -> None:
-    """Wait for `path`; fail fast when a contender failed, or when the one it should come from exited."""
-    deadline = time.time() + timeout
-    while not path.exists():
-        for process, log in zip(processes, logs):
-            if process.poll() is not None and (process.returncode != 0 or process is waited_on) and not path.exists():
-                raise RuntimeError(f"a contender exited ({process.returncode}) before {path.name}:\n{log.read_text()[-3000:]}")
-        if time.time() > deadline:
-            raise RuntimeError(f"no {path.name} within {timeout:.0f} s")
-        time.sleep(0.05)
-
-
-def run_contenders(contenders: dict[str, tuple[int, int]], overrides: list[str], rounds: int, timeout: float) -> dict[str, list[dict]]:
-    """Start every contender (name -> (processes, threads per process)), then cue them in turn, round by round."""
-    with tempfile.TemporaryDirectory(prefix="distill_speed_") as folder:
-        control = Path(folder)
-        names, processes, logs = list(contenders), [], []
-        try:
-            for name, (nproc, threads) in contenders.items():
-                logs.append(control / f"{name}.log")
-                processes.append(start_contender(control, name, nproc, threads, rounds, overrides, logs[-1]))
-            for name, process in zip(names, processes):
-                wait_file(control / f"ready_{name}", processes, logs, timeout, process)
-            results: dict[str, list[dict]] = {name: [] for name in names}
-            for r in range(rounds):
-                for name in (names if r % 2 == 0 else names[::-1]):
-                    (control / f"go_{name}_{r}").touch()
-                    done = control / f"done_{name}_{r}.json"
-                    wait_file(done, processes, logs, timeout, processes[names.index(name)])
-                    results[name].append(json.loads(done.read_text()))
-            for process in processes:
-                process.wait(timeout=60)
-            return results
-        finally:
-            _kill_all()
 
 
 def run_part_b(args) -> dict[str, list[float]] | None:
@@ -658,7 +394,7 @@ def main() -> None:
             else:
                 run_part_c(args, benches, Path(teacher_dir))
     finally:
-        _kill_all()
+        kill_all()
     print(f"\ndone in {time.time() - start:.0f} s, load average {load_average()}")
 
 

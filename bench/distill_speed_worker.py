@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from distill_speed import build_setup, fresh_objective  # noqa: E402
+from distill_speed_setup import build_setup, fresh_objective  # noqa: E402
 from ssl_kd.config import to_dict  # noqa: E402
 from ssl_kd.distill import record_processes  # noqa: E402
 from ssl_kd.loop import fit  # noqa: E402
