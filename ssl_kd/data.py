@@ -27,10 +27,11 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .config import DataConfig
 from .errors import UserError
+from .parallel import rank, world_size
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.3
@@ -287,10 +288,6 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: 
     positions [i * batch_size, (i + 1) * batch_size) whatever W is, so 1 and W processes see the same
     batches. Workers persist across epochs and prefetch; `pin_memory` for CUDA.
     """
-    from torch.utils.data import DistributedSampler
-
-    from .parallel import rank, world_size
-
     options = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
                    prefetch_factor=4 if num_workers > 0 else None)
     if not train:

@@ -136,7 +136,7 @@ def prepare_model(objective: nn.Module, cfg: TrainConfig, device: torch.device) 
     banks stay identical through their all-gathered updates, and BatchNorm statistics are each process's
     own unless `train.sync_bn`."""
     objective.to(device)
-    if cfg.channels_last if cfg.channels_last is not None else device.type == "cuda":
+    if use_channels_last(cfg, device):
         objective.to(memory_format=torch.channels_last)
     if cfg.compile:
         for module in compile_targets(objective):
@@ -152,6 +152,11 @@ def prepare_model(objective: nn.Module, cfg: TrainConfig, device: torch.device) 
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, frozen)
     return DistributedDataParallel(objective, device_ids=[device] if device.type == "cuda" else None,
                                    forward_sync_buffers=False, static_graph=True)
+
+
+def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """`train.channels_last`, where None means: on CUDA."""
+    return cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
 
 
 def compile_targets(objective: nn.Module) -> list[nn.Module]:
@@ -182,7 +187,7 @@ class StepRunner:
     def __init__(self, model, objective, optimizer, scaler, autocast, cfg: TrainConfig, device: torch.device):
         self.model, self.objective, self.optimizer, self.scaler = model, objective, optimizer, scaler
         self.autocast, self.cfg, self.device = autocast, cfg, device
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+        self.channels_last = use_channels_last(cfg, device)
 
     def __call__(self, views, index, lr: float) -> dict[str, float]:
         for group in self.optimizer.param_groups:
