@@ -111,13 +111,15 @@ def compare(cfg: Config, methods: list[str], seeds: list[int]) -> dict:
 
 def seeded(cfg: Config, method: str, seed: int, out: Path) -> Config:
     """The base config for one run: the method (`name@views` also sets data.views), the seed for data
-    order, augmentation and student init."""
+    order, augmentation and student init; with `train.teacher_cache`, the methods share `out/teacher_cache`."""
     run = copy.deepcopy(cfg)
     name, _, views = method.partition(VIEW_SUFFIX)
     run.loss.method, run.train.seed, run.student.init_seed = name, seed, seed
     if views:
         run.data.views = views
     run.out = str(out / method / f"seed{seed}")
+    if run.train.teacher_cache and not run.train.teacher_cache_dir:
+        run.train.teacher_cache_dir = str(out / "teacher_cache")  # one cache per seed and view recipe, shared by the methods
     return run
 
 

@@ -51,8 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--teacher-format", metavar="NAME", help="force the checkpoint layout instead of detecting it (auto)")
     parser.add_argument("--trust-checkpoint", action="store_true", default=None,
                         help="allow a full unpickle of a teacher file that pickles foreign classes (can run its code: trusted files only)")
-    parser.add_argument("--data", metavar="NAME", help="digits (default, embedded) | cifar10 | cifar100 | stl10 | imagefolder")
-    parser.add_argument("--data-root", metavar="DIR", help="dataset folder (torchvision download target, or an ImageFolder)")
+    parser.add_argument("--data", metavar="NAME", help="digits (default, embedded) | cifar10 | cifar100 | stl10 | imagefolder | "
+                        "folder (unlabeled images under --data-root, recursively; needs --eval-data)")
+    parser.add_argument("--data-root", metavar="DIR", help="dataset folder (torchvision download target, an ImageFolder, "
+                        "or a folder of images)")
     parser.add_argument("--eval-data", metavar="NAME", help="a separate labeled evaluation set (same names as --data) for the "
                         "k-NN monitor, k-NN, retrieval and the probe; default: the training data's own splits")
     parser.add_argument("--eval-data-root", metavar="DIR", help="its folder (eval_data.root)")
@@ -96,11 +98,11 @@ def run_job(cfg: Config, started: float) -> dict:
         return report
     report.update(
         method=cfg.loss.method, config=to_dict(cfg), machine=machine_description(inputs.device),
-        data=data_summary(cfg, inputs),
+        data=data_summary(cfg, inputs, run.fit),
         training={"epochs": cfg.train.epochs, "steps": run.fit.steps, "seconds": run.train_seconds,
                   "final": run.fit.history[-1] if run.fit.history else {},
                   "world_size": cfg.train.world_size, "batch_size": cfg.train.batch_size,
-                  "batch_per_process": cfg.train.batch_per_process},
+                  "batch_per_process": cfg.train.batch_per_process, "teacher_cache": run.teacher_caches},
         total_seconds=round(time.time() - started, 1),
     )
     figures = write_figures(out, {"student": out / "metrics.jsonl"}, teacher_top1=report["teacher"]["knn_top1"],

@@ -21,7 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 from ssl_kd.cli import add_config_arguments, config_from_args, distributed_session, say, setup_logging, write_config  # noqa: E402
 from ssl_kd.config import PretrainConfig, to_dict  # noqa: E402
-from ssl_kd.data import build_dataset, make_loader, views_transform  # noqa: E402
+from ssl_kd.data import build_dataset, make_loader, unreadable_check, views_transform  # noqa: E402
 from ssl_kd.errors import UserError, cli_main  # noqa: E402
 from ssl_kd.loop import fit  # noqa: E402
 from ssl_kd.parallel import is_main_process  # noqa: E402
@@ -34,7 +34,7 @@ FLAGS = {"data": "data.name", "data_root": "data.root", "arch": "arch", "epochs"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="digits | cifar10 | cifar100 | stl10 | imagefolder")
+    parser.add_argument("--data", help="digits | cifar10 | cifar100 | stl10 | imagefolder | folder (unlabeled images, recursively)")
     parser.add_argument("--data-root", help="dataset folder")
     parser.add_argument("--arch", help="timm model name of the teacher backbone")
     parser.add_argument("--epochs", type=int)
@@ -65,7 +65,7 @@ def pretrain(cfg: PretrainConfig, device, argv) -> Path:
     torch.manual_seed(cfg.train.seed)
     backbone = create_backbone(cfg.arch)
     objective = SimCLRObjective(backbone, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, proj_dim=cfg.proj_dim, temperature=cfg.temperature)
-    fit(objective, loader, cfg.train, out, to_dict(cfg), device)
+    fit(objective, loader, cfg.train, out, to_dict(cfg), device, data_check=unreadable_check(dataset, cfg.data.max_bad_fraction))
     if not is_main_process():
         return out / "teacher.pth"
     command = "python pipelines/pretrain_ssl.py " + shlex.join(sys.argv[1:] if argv is None else argv)

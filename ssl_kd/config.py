@@ -24,8 +24,8 @@ class DataConfig:
     """The dataset and its views. Fields left at None take the dataset's own default
     (`ssl_kd.data.DATASET_DEFAULTS`: e.g. no flips for digits, blur for 96 px and up)."""
 
-    name: str = "digits"  # digits | cifar10 | cifar100 | stl10 | imagefolder
-    root: Optional[str] = None  # where torchvision datasets live / the ImageFolder root
+    name: str = "digits"  # digits | cifar10 | cifar100 | stl10 | imagefolder | folder (unlabeled images, train only)
+    root: Optional[str] = None  # where torchvision datasets live / the ImageFolder root / the folder of images
     download: bool = True  # torchvision datasets: download when missing (needs internet)
     image_size: Optional[int] = None  # side of the square images the networks see
     num_workers: int = 2
@@ -43,6 +43,12 @@ class DataConfig:
     rotation_degrees: float = 15.0
     val_fraction: float = 0.2  # ImageFolder without train/ and val/: fraction held out as test
     subset: Optional[int] = None  # use only the first N images of each split (smoke tests, quick looks)
+    # unreadable or corrupt image files (any file-based dataset) are replaced by the next readable one; the run
+    # stops once more than floor(max_bad_fraction * N) of the N training images are unreadable (empty files count)
+    max_bad_fraction: float = 0.01
+    # data.name=folder: where the cached file lists live (one JSON per root); None = $XDG_CACHE_HOME/ssl_kd/file-lists,
+    # else ~/.cache/ssl_kd/file-lists
+    file_list_dir: Optional[str] = None
 
 
 @dataclass
@@ -182,6 +188,13 @@ class TrainConfig:
     # speed on one device
     channels_last: Optional[bool] = None  # NHWC memory format; None: on CUDA only
     compile: bool = False  # torch.compile the student and teacher backbones (nn.Module.compile: same state-dict keys)
+    # teacher-feature cache: V > 0 gives every image V reproducible augmented draws, the teacher embeds them all
+    # once (before the first epoch; reused by later runs with the same teacher, data, views, V and seed), and
+    # each step trains on draws of the pool with the teacher's rows read from disk instead of calling it.
+    # 0 = off (fresh augmentations every epoch, the teacher runs every step). README "Teacher-feature cache".
+    teacher_cache: int = 0
+    teacher_cache_dir: Optional[str] = None  # where caches live; None: <out>/teacher_cache
+    teacher_cache_dtype: str = "float16"  # float16 | float32 (float32: twice the disk, exactly the live teacher's values)
     # recorded by the run (not read): processes taking part and the images each takes per step
     world_size: Optional[int] = None
     batch_per_process: Optional[int] = None

@@ -14,13 +14,20 @@ Datasets (the `data.name` config key):
 - `imagefolder`: any folder of class sub-folders. ImageNet layout (`root/train/<class>/*`,
   `root/val/<class>/*`) when `root/train` exists; else `root/<class>/*` split into train/test by
   a fixed stratified `data.val_fraction`.
+- `folder`: every image under `data.root`, recursively, unlabeled (label -1), a train split only
+  (evaluate on a labeled set: `--eval-data`). The file list is scanned once and cached
+  (`ssl_kd.image_files`, `data.file_list_dir`); zero-byte files are left out.
+
+Unreadable images (any file-based dataset): `IndexedDataset.load` replaces an image PIL cannot read
+by the next readable one and records it in shared memory, visible across loader workers;
+`unreadable_check` is the training loop's check that stops the run past `data.max_bad_fraction`.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +35,11 @@ import torchvision.transforms as T
 from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.datasets.folder import pil_loader
 
 from .config import DataConfig
 from .errors import UserError
+from .image_files import READ_ERRORS, FileList, UnreadableCheck, UnreadableImages, image_file_list
 from .parallel import rank, world_size
 
 DIGITS_SPLIT_SEED = 0
@@ -39,19 +48,93 @@ SPLIT_SEED = 0
 
 
 class IndexedDataset(Dataset):
-    """Wraps an `(image, label)` dataset: applies `transform` and also returns the item's index."""
+    """Wraps an `(image, label)` dataset: applies `transform`, returns `(image, label, index used)`,
+    and replaces an image that cannot be read by the next readable one (`load`).
 
-    def __init__(self, base: Dataset, transform: Callable | None, classes: list[str]):
+    `unreadable` (`ssl_kd.image_files.UnreadableImages`, shared memory made here, so DataLoader
+    workers, forked or spawned, write into what the training process reads) records every image found
+    unreadable; `excluded` are files left out before indexing (the zero-byte files of a `folder`
+    scan), which count as unreadable too."""
+
+    def __init__(self, base: Dataset, transform: Callable | None, classes: list[str], excluded: Sequence[str] = ()):
         self.base, self.transform, self.classes = base, transform, classes
+        self.unreadable = UnreadableImages(len(base), excluded)
 
     def __len__(self) -> int:
         return len(self.base)
 
+    def load(self, index: int) -> tuple[Any, int, int]:
+        """Base sample `index` as (image, label, index used), the image fully decoded and untransformed.
+
+        When it cannot be read (PIL's `READ_ERRORS`: OSError incl. unidentified and truncated files,
+        ValueError, SyntaxError, DecompressionBombError) it is marked unreadable and the next readable
+        index (index + 1, index + 2, ..., wrapping around) is returned instead, with that image's label
+        and index; images already marked are passed over without another read."""
+        size = len(self.base)
+        for offset in range(size):
+            candidate = (index + offset) % size
+            if self.unreadable.is_marked(candidate):
+                continue
+            try:
+                image, label = self.base[candidate]
+                if isinstance(image, Image.Image):
+                    image.load()  # a lazily opened image fails here, inside the try, rather than in the transform
+            except READ_ERRORS as err:
+                self.unreadable.mark(candidate, err)
+                continue
+            return image, int(label), candidate
+        raise UserError(f"none of the {size} images can be read (e.g. {', '.join(self.unreadable.examples(self.sample_path))}); "
+                        "check that the files are images PIL opens")
+
     def __getitem__(self, index: int):
-        image, label = self.base[index]
+        image, label, used = self.load(index)
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(label), index
+        return image, label, used
+
+    def sample_path(self, index: int) -> str | None:
+        """The file behind sample `index`, where the base dataset reads files (None for in-memory data)."""
+        return _sample_path(self.base, index)
+
+
+def _sample_path(dataset: Dataset, index: int) -> str | None:
+    while isinstance(dataset, Subset):
+        dataset, index = dataset.dataset, dataset.indices[index]
+    if isinstance(dataset, FolderImages):
+        return dataset.files.path(index)
+    samples = getattr(dataset, "samples", None)  # torchvision's ImageFolder: [(path, label), ...]
+    return str(samples[index][0]) if isinstance(samples, list) else None
+
+
+def unreadable_check(dataset: Dataset, max_bad_fraction: float) -> UnreadableCheck | None:
+    """`fit`'s `data_check` for a training dataset (an `IndexedDataset`, or a dataset wrapping one as
+    `.dataset`, `.base` or `.images`, e.g. `seeded_views.PooledViews`): stops the run past
+    `max_bad_fraction` unreadable images (see `UnreadableCheck`); None when no `IndexedDataset` is found."""
+    for _ in range(32):  # wrappers around wrappers, bounded
+        if isinstance(dataset, IndexedDataset):
+            return UnreadableCheck(dataset.unreadable, max_bad_fraction, dataset.sample_path)
+        inner = (getattr(dataset, attr, None) for attr in ("dataset", "base", "images"))
+        dataset = next((candidate for candidate in inner if isinstance(candidate, Dataset)), None)
+        if dataset is None:
+            return None
+    return None
+
+
+UNLABELED = -1  # the label of every image of an unlabeled dataset
+
+
+class FolderImages(Dataset):
+    """The images of a `FileList`, unlabeled: `(RGB PIL image, -1)`; `empty_files` are its zero-byte files."""
+
+    def __init__(self, files: FileList):
+        self.files = files
+        self.empty_files = files.empty_paths()
+
+    def __len__(self) -> int:
+        return len(self.files.files)
+
+    def __getitem__(self, index: int):
+        return pil_loader(self.files.path(index)), UNLABELED
 
 
 class DigitsImages(Dataset):
@@ -83,11 +166,29 @@ def build_dataset(cfg: DataConfig, split: str, transform: Callable | None) -> In
     """The `split` ("train" or "test") of the dataset `cfg.name`, with `transform` applied."""
     cfg = resolve_data_config(cfg)
     base, classes = DATASETS[cfg.name](cfg, split)
+    excluded = getattr(base, "empty_files", ())
     if cfg.subset is not None:
         base = Subset(base, range(min(cfg.subset, len(base))))
     if len(base) == 0:
         raise UserError(f"the {split} split of dataset '{cfg.name}' is empty; point --data-root at a folder with images")
-    return IndexedDataset(base, transform, classes)
+    return IndexedDataset(base, transform, classes, excluded)
+
+
+UNLABELED_DATASETS = ("folder",)
+
+
+def require_labels(cfg: DataConfig) -> None:
+    """Evaluation (k-NN monitor, k-NN, retrieval, probe) needs labels: an unlabeled dataset is a `UserError`."""
+    if cfg.name in UNLABELED_DATASETS:
+        raise UserError(f"dataset '{cfg.name}' holds unlabeled images (a train split only), and evaluation (k-NN monitor, "
+                        "k-NN, retrieval, linear probe) needs labels; pass a labeled set with --eval-data NAME "
+                        "--eval-data-root DIR (e.g. --eval-data imagefolder --eval-data-root /data/labeled)")
+
+
+def _folder(cfg: DataConfig, split: str):
+    if split != "train":
+        require_labels(cfg)
+    return FolderImages(image_file_list(_require_root(cfg), cfg.file_list_dir)), []
 
 
 def _digits(cfg: DataConfig, split: str):
@@ -185,6 +286,7 @@ DATASETS: dict[str, Callable] = {
     "cifar100": _torchvision("cifar100"),
     "stl10": _torchvision("stl10"),
     "imagefolder": _imagefolder,
+    "folder": _folder,
 }
 
 
@@ -198,6 +300,7 @@ DATASET_DEFAULTS: dict[str, dict] = {
     "cifar100": dict(_SMALL, image_size=32),
     "stl10": dict(_NATURAL, image_size=96),
     "imagefolder": dict(_NATURAL, image_size=224),
+    "folder": dict(_NATURAL, image_size=224),
 }
 
 
@@ -228,18 +331,19 @@ class RotatedViews:
         return [torch.rot90(base, k, dims=(-2, -1)) for k in range(4)]
 
 
-def views_transform(cfg: DataConfig, num_views: int = 2):
-    """SSL views per image from lightly's SimCLR view transform, sized to the image.
+def view_draw(cfg: DataConfig):
+    """One random draw of SSL views from an image: lightly's SimCLR view transform, sized to the image.
 
-    `data.views="crops"`: `num_views` independent crops (two by default). `"rotations"`: four views,
-    one crop turned by 0/90/180/270 degrees (`RotatedViews`; `num_views` does not apply).
+    Returns a callable image -> list of tensors: `data.views="crops"`: one crop ([view]);
+    `"rotations"`: one crop turned by 0/90/180/270 degrees (`RotatedViews`, four views). What a step
+    takes is `DRAWS_PER_STEP[cfg.views]` draws. All randomness comes from torch's and numpy's global
+    generators (lightly's blur and rotation use numpy), so seeding both fixes a draw
+    (`ssl_kd.seeded_views`).
     """
     cfg = resolve_data_config(cfg)
-    mode = getattr(cfg, "views", "crops")
-    if mode not in VIEW_MODES:
-        raise UserError(f"data.views={mode!r} is not one of: {', '.join(VIEW_MODES)}")
+    if cfg.views not in VIEW_MODES:
+        raise UserError(f"data.views={cfg.views!r} is not one of: {', '.join(VIEW_MODES)}")
     from lightly.transforms import SimCLRViewTransform
-    from lightly.transforms.multi_view_transform import MultiViewTransform
 
     view = SimCLRViewTransform(
         input_size=cfg.image_size,
@@ -253,9 +357,44 @@ def views_transform(cfg: DataConfig, num_views: int = 2):
         rr_degrees=cfg.rotation_degrees,
         normalize=None,
     )
-    if mode == "rotations":
-        return RotatedViews(view)
-    return MultiViewTransform([view] * num_views)
+    return RotatedViews(view) if cfg.views == "rotations" else SingleView(view)
+
+
+class SingleView:
+    """A view transform as a draw: image -> [view]."""
+
+    def __init__(self, view: Callable):
+        self.view = view
+
+    def __call__(self, image) -> list[torch.Tensor]:
+        return [self.view(image)]
+
+
+# draws a step takes per image: two independent crops, or one crop in its four rotations
+DRAWS_PER_STEP = {"crops": 2, "rotations": 1}
+VIEWS_PER_DRAW = {"crops": 1, "rotations": 4}
+
+
+class MultiDraw:
+    """`draws` independent draws of `draw`, their views concatenated (image -> list of tensors)."""
+
+    def __init__(self, draw: Callable, draws: int):
+        self.draw, self.draws = draw, draws
+
+    def __call__(self, image) -> list[torch.Tensor]:
+        return [view for _ in range(self.draws) for view in self.draw(image)]
+
+
+def num_views(cfg: DataConfig) -> int:
+    """Views per image a training step sees: 2 crops, or 4 rotations of one crop."""
+    return DRAWS_PER_STEP[cfg.views] * VIEWS_PER_DRAW[cfg.views]
+
+
+def views_transform(cfg: DataConfig):
+    """The training transform: image -> the `num_views(cfg)` views of a step (`view_draw`, drawn
+    `DRAWS_PER_STEP` times from torch's and numpy's global generators)."""
+    draw, draws = view_draw(cfg), DRAWS_PER_STEP[resolve_data_config(cfg).views]
+    return draw if draws == 1 else MultiDraw(draw, draws)
 
 
 def eval_transform(cfg: DataConfig):
@@ -277,8 +416,16 @@ def per_process_batch(batch_size: int, num_images: int, world: int) -> int:
     return batch_size // world
 
 
+class EpochTaggedSampler(DistributedSampler):
+    """`DistributedSampler` whose items are `(index, epoch)`: the dataset learns the epoch from the key it
+    is asked for, also in loader workers that persist across epochs (`ssl_kd.seeded_views.PooledViews`)."""
+
+    def __iter__(self):
+        return ((index, self.epoch) for index in super().__iter__())
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int, seed: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False, tag_epoch: bool = False) -> DataLoader:
     """Training: shuffled, drop-last, sharded over processes; evaluation: ordered and complete.
 
     Training order: epoch e is the permutation `torch.randperm(n)` drawn from a generator seeded with
@@ -286,14 +433,16 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: 
     processes W; process r takes its positions r, r + W, r + 2W, ... . `batch_size` is the GLOBAL
     batch: each process loads `batch_size / W` images a step, and global step i holds the permutation's
     positions [i * batch_size, (i + 1) * batch_size) whatever W is, so 1 and W processes see the same
-    batches. Workers persist across epochs and prefetch; `pin_memory` for CUDA.
+    batches. Workers persist across epochs and prefetch; `pin_memory` for CUDA. `tag_epoch`: the
+    dataset is asked for `(index, epoch)` instead of `index` (`EpochTaggedSampler`).
     """
     options = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
                    prefetch_factor=4 if num_workers > 0 else None)
     if not train:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **options)
     world = world_size()
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank(), shuffle=True, seed=seed, drop_last=True)
+    sampler_class = EpochTaggedSampler if tag_epoch else DistributedSampler
+    sampler = sampler_class(dataset, num_replicas=world, rank=rank(), shuffle=True, seed=seed, drop_last=True)
     generator = torch.Generator().manual_seed(seed + rank())  # the loader workers' seeds: one stream per process
     return DataLoader(dataset, batch_size=per_process_batch(batch_size, len(dataset), world), sampler=sampler,
                       drop_last=True, generator=generator, **options)

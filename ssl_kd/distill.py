@@ -9,7 +9,7 @@ as a plain timm state dict (`student_timm.pth` + `student_timm.json`) that
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,16 +18,20 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 
 from .config import Config, to_dict
-from .data import build_dataset, make_loader, views_transform
+from .cli import say
+from .data import DRAWS_PER_STEP, build_dataset, make_loader, num_views, resolve_data_config, view_draw, views_transform
+from .data import unreadable_check
 from .errors import UserError
-from .loop import FitResult, fit, resolve_device
+from .loop import FitResult, autocast_context, fit, resolve_device
 from .losses import METHODS, build_method
-from .losses.base import MethodDims
+from .losses.base import DistillMethod, MethodDims
 from .objective import DistillObjective
 from .parallel import is_main_process, world_size
 from .pretrain import SimCLRObjective
 from .queue import MomentumQueue
+from .seeded_views import PooledViews, ViewPool
 from .students import Student
+from .teacher_cache import build_teacher_cache
 from .teachers import Teacher
 
 
@@ -36,6 +40,7 @@ class DistillResult:
     student: Student
     fit: FitResult
     export_path: Path
+    teacher_caches: list[dict] = field(default_factory=list)  # `TeacherCache.describe()` per teacher, when cached
 
     @property
     def train_seconds(self) -> float:
@@ -63,15 +68,64 @@ def distill(cfg: Config, teacher: Teacher, run_dir: Path, extra_teachers: list[T
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
-    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
-                         pin_memory=device.type == "cuda")
-    record_processes(cfg, loader)
     student = build_student(cfg, teacher, extra_teachers)
     objective = build_objective(cfg, teacher, student, len(dataset), extra_teachers)
+    dataset, tag_epoch = training_views(cfg, dataset, objective, Path(run_dir), device)
+    loader = make_loader(dataset, cfg.train.batch_size, train=True, num_workers=cfg.data.num_workers, seed=cfg.train.seed,
+                         pin_memory=device.type == "cuda", tag_epoch=tag_epoch)
+    record_processes(cfg, loader)
     on_epoch_end = (lambda epoch: monitor(student, epoch)) if monitor is not None else None
-    result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device, on_epoch_end=on_epoch_end)
+    result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device, on_epoch_end=on_epoch_end,
+                 data_check=unreadable_check(dataset, cfg.data.max_bad_fraction))
     export = export_student(student, Path(run_dir)) if is_main_process() else Path(run_dir) / "student_timm.pth"
-    return DistillResult(student=student, fit=result, export_path=export)
+    caches = [cache.describe() for cache in dataset.caches] if isinstance(dataset, PooledViews) else []
+    return DistillResult(student=student, fit=result, export_path=export, teacher_caches=caches)
+
+
+def training_views(cfg: Config, dataset, objective: nn.Module, run_dir: Path, device: torch.device):
+    """(training dataset, whether its sampler passes the epoch). Without `train.teacher_cache`: `dataset`
+    itself, fresh augmentations every epoch. With V = `train.teacher_cache`: every teacher's cache over a
+    pool of V draws per image (built, or reused when its key matches; `ssl_kd.teacher_cache`), and a
+    `PooledViews` dataset that brings the chosen draws with the teachers' cached rows."""
+    size = cfg.train.teacher_cache
+    if size < 0:
+        raise UserError(f"train.teacher_cache={size}; give the number of cached draws per image (e.g. 10), or 0 for no cache")
+    if size == 0:
+        return dataset, False
+    if not isinstance(objective, DistillObjective):
+        say(f"train.teacher_cache ignored: {cfg.loss.method} does not use the teacher")
+        return dataset, False
+    for branch in objective.branches:
+        refuse_uncacheable(cfg.loss.method, branch.method)
+    draws_per_step = DRAWS_PER_STEP[cfg.data.views]
+    if size < draws_per_step:
+        raise UserError(f"train.teacher_cache={size} gives {size} draw per image, but data.views={cfg.data.views} trains on "
+                        f"{draws_per_step} distinct draws a step; use train.teacher_cache={draws_per_step} or more (10 is typical)")
+    pool = ViewPool(view_draw(cfg.data), size=size, draws_per_step=draws_per_step, seed=cfg.train.seed)
+    autocast, _ = autocast_context(cfg.train.precision, device)
+    directory = cfg.train.teacher_cache_dir or run_dir / "teacher_cache"
+    data = resolve_data_config(cfg.data)
+    recipe = repr({key: getattr(data, key) for key in VIEW_RECIPE_KEYS})
+    caches = [build_teacher_cache(branch.teacher, dataset, pool, directory=directory, recipe=recipe, logits=branch.method.needs_logits,
+                                  dtype=cfg.train.teacher_cache_dtype, batch_size=cfg.eval.batch_size,
+                                  num_workers=cfg.data.num_workers, device=device, autocast=autocast)
+              for branch in objective.branches]
+    return PooledViews(dataset, pool, caches), True
+
+
+# the DataConfig fields the augmented views are made from: part of the teacher cache's key
+VIEW_RECIPE_KEYS = ("image_size", "views", "min_scale", "hflip", "color_jitter", "jitter_strength", "grayscale", "blur",
+                    "rotation", "rotation_degrees")
+
+
+def refuse_uncacheable(name: str, method: nn.Module) -> None:
+    """One line for a method that needs teacher outputs a cache of embeddings cannot hold."""
+    if method.needs_maps:
+        raise UserError(f"{name} needs the teacher's stage feature maps, which train.teacher_cache does not keep; "
+                        "set train.teacher_cache=0")
+    if type(method).batch_transform is not DistillMethod.batch_transform:
+        raise UserError(f"{name} changes the images before the teacher sees them (e.g. STKD's mixup), so its teacher outputs "
+                        "cannot be cached; set train.teacher_cache=0")
 
 
 def record_processes(cfg: Config, loader) -> None:
@@ -121,8 +175,7 @@ def materialize_lazy_modules(objective: DistillObjective, cfg: Config) -> None:
     if not any(isinstance(p, UninitializedParameter) for p in objective.trainable.parameters()):
         return
     device = next(objective.teacher.parameters()).device
-    num_views = 4 if cfg.data.views == "rotations" else 2
-    blank = [torch.zeros(2, 3, cfg.data.image_size, cfg.data.image_size, device=device) for _ in range(num_views)]
+    blank = [torch.zeros(2, 3, cfg.data.image_size, cfg.data.image_size, device=device) for _ in range(num_views(cfg.data))]
     objective.to(device).eval()
     with torch.no_grad():
         objective(blank, torch.zeros(2, dtype=torch.long, device=device))

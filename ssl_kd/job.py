@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .data import make_loader
+from .data import make_loader, require_labels
 from .defaults import default_teacher
 from .distill import build_student
 from .evaluation.inputs import EvalSplits, eval_splits, evaluation_data, split_features
@@ -29,7 +29,7 @@ from .evaluation.suite import (
     images_per_second,
 )
 from .feature_cache import cached_features
-from .loop import resolve_device
+from .loop import FitResult, resolve_device
 from .teachers import Teacher, load_teacher
 
 
@@ -45,9 +45,12 @@ class JobInputs:
 
 
 def load_inputs(cfg: Config) -> JobInputs:
-    """Data first (cheap, fails fast on a bad folder), then the teacher, moved to the device."""
+    """Data first (cheap, fails fast on a bad folder or on unlabeled evaluation data), then the teacher,
+    moved to the device."""
     device = resolve_device(cfg.train.device)
-    splits = eval_splits(evaluation_data(cfg.data, cfg.eval_data))
+    evaluation = evaluation_data(cfg.data, cfg.eval_data)
+    require_labels(evaluation)  # before any training: k-NN, retrieval and the probe need labels
+    splits = eval_splits(evaluation)
     teacher_path = str(cfg.teacher.path or default_teacher(cfg.data.name))
     teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
                            image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
@@ -136,10 +139,14 @@ def protocol(cfg: Config) -> dict:
     }
 
 
-def data_summary(cfg: Config, inputs: JobInputs) -> dict:
+def data_summary(cfg: Config, inputs: JobInputs, training: FitResult | None = None) -> dict:
     """The training data (name, image size); "train" / "test" are the sizes of the evaluation's bank and
-    query splits, the training data's own unless a separate set (--eval-data) is named under "evaluation"."""
+    query splits, the training data's own unless a separate set (--eval-data) is named under "evaluation".
+    "unreadable_images": the training images skipped as unreadable (from `training`'s last epoch), when any."""
     summary = {"name": cfg.data.name, "train": len(inputs.train_eval), "test": len(inputs.test_eval), "image_size": cfg.data.image_size}
+    skipped = training.history[-1].get("unreadable_images", 0) if training is not None and training.history else 0
+    if skipped:
+        summary["unreadable_images"] = skipped
     if cfg.eval_data is not None:
         evaluation = evaluation_data(cfg.data, cfg.eval_data)
         summary["evaluation"] = {"name": evaluation.name, "root": evaluation.root, "image_size": evaluation.image_size}

@@ -3,7 +3,9 @@
 An objective is an `nn.Module` with
     forward(views: list[Tensor], index: Tensor) -> dict, or (dict, state)
                                            ("loss" plus named parts, all logged; index = the images'
-                                           dataset indices; `state` = what after_step needs)
+                                           dataset indices; `state` = what after_step needs). A batch
+                                           {"views": [...], "teachers": [...]} (the teacher cache)
+                                           calls forward(views, index, teachers)
     after_step(state) / after_step()       (e.g. enqueue this step's teacher embeddings)
     trainable: nn.ModuleDict               (what is optimized and checkpointed; a frozen teacher is not)
 
@@ -91,10 +93,13 @@ def build_optimizer(trainable: nn.Module, cfg: TrainConfig) -> torch.optim.Optim
 
 
 def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_dict: dict, device: torch.device,
-        on_epoch_end: Callable[[int], dict] | None = None) -> FitResult:
+        on_epoch_end: Callable[[int], dict] | None = None, data_check: Callable[[], dict | None] | None = None) -> FitResult:
     """Train `objective` for `cfg.epochs` (resuming from the run's last checkpoint). `on_epoch_end(epoch)`
     (1-based, called on every process) may return numbers to add to that epoch's summary, e.g. the
-    student's k-NN accuracy."""
+    student's k-NN accuracy. `data_check()` (called on every process every `cfg.log_every` steps and
+    at the end of each epoch, before `on_epoch_end`) may stop the run with a `UserError` (too many
+    unreadable images: `ssl_kd.data.unreadable_check`); what it returns at the end of an epoch joins
+    that epoch's summary."""
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / "checkpoints" / "last.pt"
     model = prepare_model(objective, cfg, device)
@@ -117,8 +122,10 @@ def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_di
 
     for epoch in range(start_epoch, cfg.epochs):
         _start_epoch(loader, cfg.seed, epoch)
-        summary = _run_epoch(step_runner, loader, schedule, cfg, epoch, step, run_dir, checkpoint_path)
+        summary = _run_epoch(step_runner, loader, schedule, cfg, epoch, step, run_dir, checkpoint_path, data_check)
         step += steps_per_epoch
+        if data_check is not None:
+            summary.update(data_check() or {})
         if on_epoch_end is not None:
             summary.update(on_epoch_end(epoch + 1))
         result.steps, result.history = step, result.history + [summary]
@@ -192,9 +199,13 @@ class StepRunner:
     def __call__(self, views, index, lr: float) -> dict[str, float]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        teachers = None
+        if isinstance(views, dict):  # {"views": [...], "teachers": [...]}: the teachers' cached outputs come along
+            views, teachers = views["views"], [self._rows_to_device(rows) for rows in views["teachers"]]
         views = [self._to_device(v) for v in (views if isinstance(views, (list, tuple)) else [views])]
+        index = index.to(self.device, non_blocking=True)
         with self.autocast:
-            out = self.model(views, index.to(self.device, non_blocking=True))
+            out = self.model(views, index) if teachers is None else self.model(views, index, teachers)
         losses, state = out if isinstance(out, tuple) else (out, None)
         values = _mean_over_processes(losses)  # also the finite check: a NaN on any rank stops every rank
         if not math.isfinite(values["loss"]):
@@ -212,6 +223,9 @@ class StepRunner:
             self.objective.after_step()
         return values
 
+    def _rows_to_device(self, rows: dict) -> dict:
+        return {name: value.to(self.device, non_blocking=True) for name, value in rows.items()}
+
     def _to_device(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last and images.ndim == 4 else images
@@ -223,7 +237,7 @@ def _mean_over_processes(losses: dict) -> dict[str, float]:
     return dict(zip(losses, all_reduce_mean(stacked).tolist()))
 
 
-def _run_epoch(step_runner: StepRunner, loader, schedule, cfg, epoch, step, run_dir, checkpoint_path) -> dict:
+def _run_epoch(step_runner: StepRunner, loader, schedule, cfg, epoch, step, run_dir, checkpoint_path, data_check=None) -> dict:
     step_runner.objective.train()
     totals: dict[str, float] = {}
     start, images = time.time(), 0
@@ -241,6 +255,8 @@ def _run_epoch(step_runner: StepRunner, loader, schedule, cfg, epoch, step, run_
             totals[name] = totals.get(name, 0.0) + value
         if cfg.log_every and step % cfg.log_every == 0:
             _append_metrics(run_dir, {"step": step, "epoch": epoch + 1, "lr": float(schedule[step]), **values})
+            if data_check is not None:
+                data_check()
         bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{images / max(time.time() - start, 1e-9):.0f}")
         step += 1
     count = i + 1
@@ -292,7 +308,8 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
 
 
 def _epoch_line(summary: dict, epochs: int) -> str:
-    parts = "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k not in ("epoch", "step", "lr", "seconds", "images_per_s"))
+    parts = "  ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.4f}" for k, v in summary.items()
+                      if k not in ("epoch", "step", "lr", "seconds", "images_per_s"))
     return (f"epoch {summary['epoch']}/{epochs}  {parts}  lr {summary['lr']:.2e}  {summary['seconds']:.1f}s"
             f"  {summary['images_per_s']:.0f} img/s")
 

@@ -60,15 +60,20 @@ class TeacherBranch(nn.Module):
         self.projector, self.weight, self.prefix = projector, weight, prefix
         self.key_suffix = key_suffix  # "" for the primary, "_k" for teacher k: its keys in `trainable`
 
-    def teacher_outputs(self, images: torch.Tensor, maps: bool) -> Embeddings:
-        """The frozen teacher's outputs, computed in inference mode, returned as ordinary tensors (the losses'
-        backward may save them)."""
+    def teacher_outputs(self, images: torch.Tensor, maps: bool, cached: dict | None = None) -> Embeddings:
+        """The frozen teacher's outputs: from `cached` when the batch brings them (`ssl_kd.teacher_cache`:
+        {"emb": [B, V, D], ("logits")} per image, turned view-major), else computed in inference mode and
+        returned as ordinary tensors (the losses' backward may save them)."""
+        if cached is not None:
+            rows = {name: value.transpose(0, 1).reshape(-1, value.shape[-1]).float() for name, value in cached.items()}
+            return Embeddings(feat=rows["emb"], emb=rows["emb"], logits=rows.get("logits"))
         with torch.inference_mode():
             out = self.teacher(images, maps=maps)
         return out.map(torch.Tensor.clone)
 
-    def forward(self, student: Student, feat: torch.Tensor, stage_maps, ctx: StepContext, maps: bool) -> tuple[dict, BranchStep]:
-        teacher_out = self.teacher_outputs(ctx.images, maps)
+    def forward(self, student: Student, feat: torch.Tensor, stage_maps, ctx: StepContext, maps: bool,
+                cached: dict | None = None) -> tuple[dict, BranchStep]:
+        teacher_out = self.teacher_outputs(ctx.images, maps, cached)
         student_out = Embeddings(feat=feat, emb=student.project(feat, self.projector), maps=stage_maps)
         queue = self.queue.get() if self.queue is not None else None
         parts = self.method(student_out, teacher_out, queue, ctx)
@@ -116,14 +121,17 @@ class DistillObjective(nn.Module):
         """What `train.compile` compiles: the student's backbone and every teacher's."""
         return [self.student.backbone, *(branch.teacher.backbone for branch in self.branches)]
 
-    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> tuple[dict, DistillStep]:
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None,
+                teachers: list[dict] | None = None) -> tuple[dict, DistillStep]:
+        """`teachers`: each branch's cached outputs for these views (`ssl_kd.teacher_cache`; the teachers
+        are then not called), else None."""
         views = self.branches[0].method.batch_transform(views)  # the primary method's (STKD's mixup) applies to all
         ctx = StepContext(num_views=len(views), index=index, images=torch.cat(views))
         maps = any(getattr(branch.method, "needs_maps", False) for branch in self.branches)  # FitNet, SP: stage maps too
         feat, stage_maps = self.student.backbone_pass(ctx.images, maps)  # one student pass for every branch
         step, losses, total = DistillStep(ctx), {}, 0.0
-        for branch in self.branches:
-            parts, branch_step = branch(self.student, feat, stage_maps, ctx, maps)
+        for k, branch in enumerate(self.branches):
+            parts, branch_step = branch(self.student, feat, stage_maps, ctx, maps, teachers[k] if teachers else None)
             total = total + branch.weight * parts["loss"]
             losses.update({f"{branch.prefix}{name}": value for name, value in parts.items()})
             step.branches.append(branch_step)

@@ -9,7 +9,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from ssl_kd.config import DataConfig
-from ssl_kd.data import DATASETS, build_dataset, eval_transform, make_loader, views_transform
+from ssl_kd.data import DATASETS, MultiDraw, build_dataset, eval_transform, make_loader, num_views, view_draw, views_transform
 from ssl_kd.errors import UserError
 
 
@@ -80,7 +80,7 @@ def test_views_transform_gives_two_different_views_of_one_image():
         assert view.shape == (3, 24, 24) and 0.0 <= view.min() and view.max() <= 1.0
     assert not torch.allclose(views[0], views[1])  # two random augmentations
     assert index == 3 and label == ds.base[3][1]
-    assert len(views_transform(cfg, num_views=3)(ds.base[3][0])) == 3
+    assert num_views(cfg) == 2 and len(MultiDraw(view_draw(cfg), 3)(ds.base[3][0])) == 3
     # the loader stacks each view separately: ([V0, V1], labels, index)
     batch_views, labels, indices = next(iter(make_loader(ds, 4, train=True, num_workers=0)))
     assert len(batch_views) == 2 and batch_views[0].shape == (4, 3, 24, 24) and labels.shape == (4,)

@@ -85,10 +85,22 @@ def figure_lines(figures: dict[str, Path], out_dir: Path) -> list[str]:
 def _evaluation_line(data: dict) -> str:
     """Which images the numbers come from: the training data's splits, or a separate evaluation set."""
     evaluation = data.get("evaluation")
+    unreadable = data.get("unreadable_images", 0)
+    skipped = f", {unreadable} unreadable training image{'s' if unreadable != 1 else ''} skipped" if unreadable else ""
     if evaluation:
-        return (f"trained on {data['name']}, evaluated on {evaluation['name']} ({data['train']} bank / {data['test']} query "
+        return (f"trained on {data['name']}{skipped}, evaluated on {evaluation['name']} ({data['train']} bank / {data['test']} query "
                 f"images at {evaluation['image_size']} px)")
-    return f"{data['train']} train / {data['test']} test images at {data['image_size']} px"
+    return f"{data['train']} train / {data['test']} test images at {data['image_size']} px{skipped}"
+
+
+def _teacher_cache_line(caches: list[dict]) -> str:
+    """" The teacher's outputs came from a cache of V draws per image, built in S s (this run) / reused." or ""."""
+    if not caches:
+        return ""
+    cache = caches[0]
+    how = f"built by this run in {cache['build_seconds']:.0f} s" if cache["built_now"] else "reused from an earlier run"
+    return (f" The teacher's outputs came from its cache of {cache['draws']} augmented draws per image ({how}); "
+            "the teacher was not run during training.")
 
 
 def write_report(out_dir: Path, report: dict, figures: dict[str, Path] | None = None) -> tuple[Path, Path]:
@@ -102,7 +114,8 @@ def write_report(out_dir: Path, report: dict, figures: dict[str, Path] | None = 
         "",
         f"Teacher `{report['teacher']['source']}` -> student `{report['student']['arch']}`; "
         f"{_evaluation_line(data)}; "
-        f"{report['training']['epochs']} epochs in {report['training']['seconds']:.0f} s on {report['machine']}.",
+        f"{report['training']['epochs']} epochs in {report['training']['seconds']:.0f} s on {report['machine']}."
+        f"{_teacher_cache_line(report['training'].get('teacher_cache', []))}",
         "",
         markdown_table(report),
         "",
