@@ -2,6 +2,7 @@
 
     python bench/distill_speed.py [--steps N] [--rounds 3] [--configs digits,natural64] [--data-root ZIP_OR_DIR]
                                   [--subset 640] [--threads N] [--skip-multiprocess] [--skip-cuda] [--cuda-steps 20]
+                                  [--cache-configs r50_32,vitb_224] [--skip-cache]
 
 Everything is measured side by side in one run: contenders alternate round after round (the order
 flips every round), and each one's median over `--rounds` is reported, so load from other processes
@@ -55,6 +56,12 @@ and is not timed. images/s counts images (not views) per second; each image give
     turned into the wall time of 200 epochs of ImageNet (1,281,167 images) on 8 such devices assuming
     linear scaling and a loader that keeps up: a projection, not a measurement.
 
+(d) the teacher-feature cache (`train.teacher_cache`; bench/distill_speed_cache.py, whose docstring has
+    the details): per config of `--cache-configs` (r50_32: resnet50 -> resnet18 at 32 px; vitb_224:
+    vit_base_patch16_224 -> resnet18 at 224 px, small batches), the cached loop against the bare
+    (uncached) step, GOAL >= 1.3x and >= 2.5x, the cached loop against the uncached loop, and the
+    one-time cost of building the cache in epochs of uncached training. --skip-cache skips it.
+
 Reading it: a ratio is only as good as the spread of its rounds (min..max printed); on a busy machine
 rerun with more rounds. The machine's load average is printed before and after.
 """
@@ -82,16 +89,15 @@ import torch  # noqa: E402
 from ssl_kd import loop as loop_module  # noqa: E402
 from ssl_kd.config import load_config, to_dict  # noqa: E402
 from ssl_kd.data import build_dataset, make_loader  # noqa: E402
-from ssl_kd.distill import build_student  # noqa: E402
 from ssl_kd.loop import StepRunner, autocast_context, build_optimizer, cosine_schedule, fit, prepare_model  # noqa: E402
-from ssl_kd.objective import DistillObjective  # noqa: E402
 from ssl_kd.teachers import load_teacher  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill_speed_cache import run_part_d  # noqa: E402
 from distill_speed_processes import kill_all, run_contenders  # noqa: E402
 from distill_speed_timing import (Probe, TimedLoader, alternate, instrumented_loop, proc_cpu_seconds,  # noqa: E402
                                   ratio_line, spread)
-from distill_speed_setup import (FeatureRegression, Setup, build_setup, config_overrides, describe,  # noqa: E402
+from distill_speed_setup import (BareStep, Setup, build_setup, config_overrides, describe,  # noqa: E402
                                  fresh_objective, load_average, random_teacher_file, sync)
 
 GOAL = 0.95
@@ -125,12 +131,7 @@ class LoopBench:
         self.runner = StepRunner(self.model, self.objective, self.optimizer, torch.amp.GradScaler(device.type, enabled=use_scaler),
                                  self.autocast, cfg.train, device)
         self.schedule = cosine_schedule(cfg.train.lr, self.steps, per_epoch)
-        student = build_student(cfg, setup.teacher)
-        self.bare_objective = DistillObjective(setup.teacher, student, FeatureRegression(), None)
-        self.bare_model = prepare_model(self.bare_objective, cfg.train, device)
-        self.bare_optimizer = build_optimizer(self.bare_objective.trainable, cfg.train)
-        channels_last = self.runner.channels_last
-        self.bare_views = [v.contiguous(memory_format=torch.channels_last) if channels_last else v for v in self.views]
+        self.bare_step = BareStep(setup)
         self.loop_objective = fresh_objective(setup)
         self.probes: list[Probe] = []
         self.worker_cpu: list[float] = []
@@ -145,17 +146,10 @@ class LoopBench:
 
     def bare(self, steps: int | None = None) -> float:
         steps = steps or self.steps
-        sync(self.setup.device)
-        start, cpu = time.perf_counter(), time.process_time()
-        for _ in range(steps):
-            with self.autocast:
-                losses, state = self.bare_model(self.bare_views, self.index)
-            self.bare_optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            self.bare_optimizer.step()
-        sync(self.setup.device)
+        cpu = time.process_time()
+        images_per_s = self.bare_step(steps)
         self.cpu["bare"].append((time.process_time() - cpu) / steps)
-        return steps * self.batch / (time.perf_counter() - start)
+        return images_per_s
 
     def step(self, steps: int | None = None) -> float:
         steps = steps or self.steps
@@ -372,8 +366,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="(a), (c): torch threads in this process (default: torch's, one per core)")
     parser.add_argument("--cuda-steps", type=int, default=20, help="(c): steps a round")
     parser.add_argument("--timeout", type=float, default=900, help="(b): seconds a contender may take for one wait")
+    parser.add_argument("--cache-configs", default="r50_32,vitb_224", help="(d): comma-separated: r50_32, vitb_224")
+    parser.add_argument("--skip-cache", action="store_true", help="skip part (d)")
     args = parser.parse_args()
     args.configs = [c for c in args.configs.split(",") if c]
+    args.cache_configs = [c for c in args.cache_configs.split(",") if c]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = loop_module.resolve_device("auto")
@@ -393,6 +390,10 @@ def main() -> None:
                 print("\n(c) CUDA: skipped (--skip-cuda)")
             else:
                 run_part_c(args, benches, Path(teacher_dir))
+            if args.skip_cache:
+                print("\n(d) the teacher-feature cache: skipped (--skip-cache)")
+            else:
+                run_part_d(args, Path(teacher_dir), device)
     finally:
         kill_all()
     print(f"\ndone in {time.time() - start:.0f} s, load average {load_average()}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,40 @@ def build_setup(cfg: Config, device: torch.device) -> Setup:
 def fresh_objective(setup: Setup) -> nn.Module:
     """The config's distillation objective with a newly initialised student (and method, queue)."""
     return build_objective(setup.cfg, setup.teacher, build_student(setup.cfg, setup.teacher), len(setup.dataset))
+
+
+class BareStep:
+    """The floor of a distillation step: teacher forward + student forward (backbone + projector) + an MSE to
+    the teacher's embedding + backward + AdamW step, on one batch already in memory; no loader, method,
+    queue, clipping or logging; the config's autocast and memory format."""
+
+    def __init__(self, setup: Setup):
+        from ssl_kd.loop import autocast_context, build_optimizer, prepare_model, use_channels_last
+        from ssl_kd.objective import DistillObjective
+
+        cfg, device = setup.cfg, setup.device
+        self.device, self.batch = device, cfg.train.batch_size
+        views, _labels, index = next(iter(setup.loader))
+        channels_last = use_channels_last(cfg.train, device)
+        self.views = [v.to(device).contiguous(memory_format=torch.channels_last) if channels_last else v.to(device) for v in views]
+        self.index = index.to(device)
+        self.objective = DistillObjective(setup.teacher, build_student(cfg, setup.teacher), FeatureRegression(), None)
+        self.model = prepare_model(self.objective, cfg.train, device)
+        self.optimizer = build_optimizer(self.objective.trainable, cfg.train)
+        self.autocast, _ = autocast_context(cfg.train.precision, device)
+
+    def __call__(self, steps: int) -> float:
+        """`steps` bare steps; returns images per second."""
+        sync(self.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            with self.autocast:
+                losses, _state = self.model(self.views, self.index)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            self.optimizer.step()
+        sync(self.device)
+        return steps * self.batch / (time.perf_counter() - start)
 
 
 def random_teacher_file(arch: str, folder: Path) -> Path:
