@@ -21,6 +21,10 @@ Datasets (the `data.name` config key):
 Unreadable images (any file-based dataset): `IndexedDataset.load` replaces an image PIL cannot read
 by the next readable one and records it in shared memory, visible across loader workers;
 `unreadable_check` is the training loop's check that stops the run past `data.max_bad_fraction`.
+
+Views: `view_draw(cfg)` is one random draw (one crop, or one crop in four rotations); a training step
+takes `DRAWS_PER_STEP[data.views]` draws (`views_transform`: `num_views(cfg)` views an image). The
+teacher cache draws them reproducibly instead (`ssl_kd.seeded_views`).
 """
 
 from __future__ import annotations
@@ -135,6 +139,12 @@ class FolderImages(Dataset):
 
     def __getitem__(self, index: int):
         return pil_loader(self.files.path(index)), UNLABELED
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """(path, label) pairs, as torchvision's ImageFolder has them: what the feature and teacher caches'
+        keys hash (with each file's size and mtime)."""
+        return [(self.files.path(index), UNLABELED) for index in range(len(self))]
 
 
 class DigitsImages(Dataset):

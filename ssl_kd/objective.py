@@ -9,6 +9,9 @@ A step, as `ssl_kd.loop.fit` runs it:
                                                # processes), then each method's own update (banks,
                                                # momentum student), from what this step's forward returned
 
+With the teacher cache (`train.teacher_cache`, `ssl_kd.teacher_cache`) the batch brings each teacher's
+outputs for its views, `objective(views, index, teachers)`, and no teacher is called.
+
 `TeacherBranch` is one teacher's share: the frozen teacher, which student projector maps to its width,
 its method, its momentum queue, its loss weight and the prefix of its logged parts. With one teacher
 the loss is that branch's; with several, the weighted sum (each branch's parts logged as "tk/...",

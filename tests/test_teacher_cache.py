@@ -245,3 +245,28 @@ def test_two_processes_build_the_cache_one_process_builds_and_train_from_it(tmp_
     assert one.key == two.name
     assert np.array_equal(np.load(one.directory / "emb.npy"), np.load(two / "emb.npy"))
     assert np.load(two / "done.npy").all()
+
+
+def test_a_rewritten_image_in_an_unlabeled_folder_changes_the_key(tmp_path, teacher):
+    import os
+
+    from PIL import Image
+
+    from ssl_kd.config import DataConfig
+    from ssl_kd.teacher_cache import teacher_cache_key
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    cfg = DataConfig(name="folder", root=str(folder), file_list_dir=str(tmp_path / "lists"), image_size=16)
+
+    def key() -> str:
+        dataset = build_dataset(cfg, "train", None)
+        return teacher_cache_key(teacher, dataset, ViewPool(view_draw(cfg), 2, 2, 0), recipe="r", dtype="float16", logits=False)
+
+    first = key()
+    assert key() == first
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(folder / "2.png")  # same name, new content
+    os.utime(folder / "2.png", ns=(1, 1))
+    assert key() != first
