@@ -30,7 +30,7 @@ and is not timed. images/s counts images (not views) per second; each image give
     Printed: each one's images/s, loop/bare (GOAL >= 0.95), step/bare (what the method, queue and step
     plumbing cost) and loop/step (what the loader, logging and checkpoints cost). The loop also gets a
     breakdown of its time per step (median round; the loop is timed by patching timestamps around the
-    loader's `next`, `StepRunner.__call__`, `_save` and `_append_metrics` in this process: microseconds):
+    loader's `next`, `StepRunner.__call__`, `Checkpointer.save` and `MetricsLog.write` in this process: microseconds):
     waiting on the loader (and the first batch of each epoch: the prefetch pipeline refilling), the step
     inside the loop vs the same step in memory (the difference is CPU taken by the loader workers running
     the augmentations on the same cores), checkpointing, metrics, the rest; plus the CPU time the loader

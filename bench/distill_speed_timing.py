@@ -1,6 +1,6 @@
 """bench/distill_speed.py's timing instruments and how it reports them (alternating rounds, medians, ratios): where the loop's time goes, measured inside the bench
-process only (timestamps patched around the loader's `next`, `StepRunner.__call__`, `_save` and
-`_append_metrics`; the library files are not touched), and the loader workers' CPU time from /proc."""
+process only (timestamps patched around the loader's `next`, `StepRunner.__call__`, `Checkpointer.save`
+and `MetricsLog.write`; the library files are not touched), and the loader workers' CPU time from /proc."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ssl_kd import loop as loop_module  # noqa: E402
+from ssl_kd.metrics_log import MetricsLog  # noqa: E402
+from ssl_kd.run_checkpoints import Checkpointer  # noqa: E402
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -68,8 +70,9 @@ class TimedLoader:
 
 @contextlib.contextmanager
 def instrumented_loop(probe: Probe, device: torch.device):
-    """Patch ssl_kd.loop's StepRunner, _save and _append_metrics (module globals `fit` looks up) to time them."""
-    original_runner, original_save, original_metrics = loop_module.StepRunner, loop_module._save, loop_module._append_metrics
+    """Patch ssl_kd.loop's StepRunner (the module global `fit` looks up), `Checkpointer.save` and
+    `MetricsLog.write` to time them."""
+    original_runner, original_save, original_metrics = loop_module.StepRunner, Checkpointer.save, MetricsLog.write
 
     class TimedStepRunner(original_runner):
         def __call__(self, views, index, lr):
@@ -89,11 +92,11 @@ def instrumented_loop(probe: Probe, device: torch.device):
         return wrapper
 
     loop_module.StepRunner = TimedStepRunner
-    loop_module._save, loop_module._append_metrics = timed(original_save, "save"), timed(original_metrics, "metrics")
+    Checkpointer.save, MetricsLog.write = timed(original_save, "save"), timed(original_metrics, "metrics")
     try:
         yield
     finally:
-        loop_module.StepRunner, loop_module._save, loop_module._append_metrics = original_runner, original_save, original_metrics
+        loop_module.StepRunner, Checkpointer.save, MetricsLog.write = original_runner, original_save, original_metrics
 
 
 def alternate(contenders: dict, rounds: int) -> dict[str, list[float]]:

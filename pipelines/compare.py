@@ -32,6 +32,7 @@ from ssl_kd.evaluation.compare import aggregate, markdown, write  # noqa: E402
 from ssl_kd.evaluation.suite import RawPixels, evaluate_model  # noqa: E402
 from ssl_kd.job import data_summary, eval_loaders, knn_monitor, load_inputs, machine_description, protocol  # noqa: E402
 from ssl_kd.parallel import barrier, is_main_process  # noqa: E402
+from ssl_kd.validation import validate_config, validate_output_dir  # noqa: E402
 
 DEFAULT_METHODS = "dlkd,seed,compress_1q,ssl_scratch"
 FLAGS = {"teacher": "teacher.path", "teacher_arch": "teacher.arch", "data": "data.name", "data_root": "data.root",
@@ -77,6 +78,8 @@ def main(argv=None) -> dict:
         args.out = "runs/compare"
     cfg = config_from_args(args, FLAGS, Config)
     cfg.data = resolve_data_config(cfg.data)
+    validate_config(cfg)  # bad values fail here, in seconds, before any work
+    validate_output_dir(cfg.out)
     methods, seeds = chosen_methods(args.methods), list(range(args.seeds))
     if not seeds:
         raise UserError("--seeds must be at least 1")
@@ -86,8 +89,8 @@ def main(argv=None) -> dict:
 
 def compare(cfg: Config, methods: list[str], seeds: list[int]) -> dict:
     out = Path(cfg.out)
+    inputs = load_inputs(cfg)  # before the first write: bad data or teacher leaves no output folder behind
     write_config(cfg, out)
-    inputs = load_inputs(cfg)
     train_loader, test_loader = eval_loaders(cfg, inputs)
 
     def evaluate(model, name):

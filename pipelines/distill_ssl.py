@@ -31,12 +31,14 @@ from ssl_kd.errors import cli_main  # noqa: E402
 from ssl_kd.evaluation.report import markdown_table, summary_lines, write_figures, write_report  # noqa: E402
 from ssl_kd.job import data_summary, evaluate_all, knn_monitor, load_inputs, machine_description, test_features  # noqa: E402
 from ssl_kd.parallel import is_main_process  # noqa: E402
+from ssl_kd.validation import validate_config, validate_output_dir  # noqa: E402
 
 FLAGS = {
     "teacher": "teacher.path", "teacher_arch": "teacher.arch", "teacher_format": "teacher.format",
     "trust_checkpoint": "teacher.trust_checkpoint", "data": "data.name", "data_root": "data.root",
     "eval_data": "eval_data.name", "eval_data_root": "eval_data.root",
     "student": "student.arch", "method": "loss.method", "epochs": "train.epochs", "batch_size": "train.batch_size", "out": "out",
+    "tensorboard": "train.tensorboard",
 }
 
 
@@ -63,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, metavar="N")
     parser.add_argument("--batch-size", type=int, metavar="N")
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/default)")
+    parser.add_argument("--tensorboard", action="store_true", default=None,
+                        help="also write TensorBoard event files in OUT/tensorboard (train.tensorboard; needs the tensorboard package)")
     add_config_arguments(parser)
     return split_teachers(parser.parse_intermixed_args(argv))
 
@@ -72,6 +76,8 @@ def main(argv=None) -> dict:
     started = time.time()
     cfg = config_from_args(parse_args(argv), FLAGS, Config)
     cfg.data = resolve_data_config(cfg.data)
+    validate_config(cfg)  # bad values fail here, in seconds, before any work
+    validate_output_dir(cfg.out)
     with distributed_session(cfg.train):
         return run_job(cfg, started)
 
@@ -79,8 +85,8 @@ def main(argv=None) -> dict:
 def run_job(cfg: Config, started: float) -> dict:
     """Every process trains and takes part in the feature extraction; rank 0 alone prints and writes."""
     out = Path(cfg.out)
+    inputs = load_inputs(cfg)  # before the first write: bad data or teacher leaves no run folder behind
     write_config(cfg, out)
-    inputs = load_inputs(cfg)
     teacher = inputs.teacher
     logits = ", with logits" if teacher.has_logits else ""
     say(f"teacher: {teacher.arch} ({teacher.format} checkpoint {inputs.teacher_path}), {teacher.embed_dim}-d features{logits}")
@@ -103,6 +109,7 @@ def run_job(cfg: Config, started: float) -> dict:
                   "final": run.fit.history[-1] if run.fit.history else {},
                   "world_size": cfg.train.world_size, "batch_size": cfg.train.batch_size,
                   "batch_per_process": cfg.train.batch_per_process, "teacher_cache": run.teacher_caches},
+        reproducibility=run.record,
         total_seconds=round(time.time() - started, 1),
     )
     figures = write_figures(out, {"student": out / "metrics.jsonl"}, teacher_top1=report["teacher"]["knn_top1"],

@@ -28,6 +28,7 @@ from ssl_kd.parallel import is_main_process  # noqa: E402
 from ssl_kd.pretrain import SimCLRObjective  # noqa: E402
 from ssl_kd.students import create_backbone  # noqa: E402
 from ssl_kd.teachers import save_teacher  # noqa: E402
+from ssl_kd.validation import validate_config, validate_output_dir  # noqa: E402
 
 FLAGS = {"data": "data.name", "data_root": "data.root", "arch": "arch", "epochs": "train.epochs", "batch_size": "train.batch_size", "out": "out"}
 
@@ -48,6 +49,8 @@ def main(argv=None) -> Path:
     setup_logging()
     args = parse_args(argv)
     cfg = config_from_args(args, FLAGS, PretrainConfig)
+    validate_config(cfg)  # bad values fail here, in seconds, before any work
+    validate_output_dir(cfg.out)
     if cfg.method != "simclr":
         raise UserError(f"unknown pretraining method '{cfg.method}'; this pipeline trains simclr")
     with distributed_session(cfg.train) as device:  # torchrun: SimCLR's loss then gathers the global batch

@@ -32,6 +32,10 @@ class DataConfig:
     # views per image: "crops" = two SimCLR crops; "rotations" = one crop turned by 0/90/180/270
     # degrees, four views (DLKD's input, research/methods.md s.1.1)
     views: str = "crops"
+    # every augmented view a pure function of (train.seed, image, draw) instead of the loader workers' running
+    # streams: the same run whatever data.num_workers, and bit-exact on resume mid-epoch (the teacher cache
+    # always seeds its views); off by default, so the figures measured with unseeded views stay reproducible
+    seeded_views: bool = False
     # SSL augmentation (lightly's SimCLR view transform)
     min_scale: Optional[float] = None  # RandomResizedCrop scale lower bound
     hflip: Optional[float] = None  # horizontal-flip probability
@@ -180,8 +184,13 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA, fp32 on CPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
-    resume: bool = True  # continue from out/checkpoints/last.pt when it exists
+    resume: bool = True  # continue from out/checkpoints/last.pt when it exists (the config must agree: README "Long runs")
+    # checkpoints: always at the end of every epoch and when the run is asked to stop (SIGTERM, SIGUSR1, Ctrl-C)
+    checkpoint_every_steps: int = 0  # also every N steps (0 = not by steps)
+    checkpoint_every_minutes: float = 30.0  # also every N minutes (0 = not by time)
+    keep_checkpoints: int = 0  # also keep the last K as checkpoints/step_NNNNNNNN.pt (0: last.pt and best.pt only)
     log_every: int = 10  # steps between metrics.jsonl lines
+    tensorboard: bool = False  # also TensorBoard event files in out/tensorboard (needs the tensorboard package)
     # several processes (torchrun): auto = NCCL on CUDA, gloo on the CPU
     dist_backend: str = "auto"  # auto | nccl | gloo
     sync_bn: bool = False  # SyncBatchNorm: the student's BatchNorm statistics over the global batch

@@ -26,10 +26,12 @@ from .loop import FitResult, autocast_context, fit, resolve_device
 from .losses import METHODS, build_method
 from .losses.base import DistillMethod, MethodDims
 from .objective import DistillObjective
+from .evaluation.on_main import on_main_process
 from .parallel import is_main_process, world_size
+from .provenance import reproducibility_record
 from .pretrain import SimCLRObjective
 from .queue import MomentumQueue
-from .seeded_views import PooledViews, ViewPool
+from .seeded_views import FreshDraws, PooledViews, ViewPool
 from .students import Student
 from .teacher_cache import build_teacher_cache
 from .teachers import Teacher
@@ -41,6 +43,7 @@ class DistillResult:
     fit: FitResult
     export_path: Path
     teacher_caches: list[dict] = field(default_factory=list)  # `TeacherCache.describe()` per teacher, when cached
+    record: dict = field(default_factory=dict)  # the reproducibility record (`ssl_kd.provenance`)
 
     @property
     def train_seconds(self) -> float:
@@ -75,26 +78,29 @@ def distill(cfg: Config, teacher: Teacher, run_dir: Path, extra_teachers: list[T
                          pin_memory=device.type == "cuda", tag_epoch=tag_epoch)
     record_processes(cfg, loader)
     on_epoch_end = (lambda epoch: monitor(student, epoch)) if monitor is not None else None
+    record = on_main_process(lambda: reproducibility_record(cfg))
     result = fit(objective, loader, cfg.train, run_dir, to_dict(cfg), device, on_epoch_end=on_epoch_end,
-                 data_check=unreadable_check(dataset, cfg.data.max_bad_fraction))
+                 data_check=unreadable_check(dataset, cfg.data.max_bad_fraction), record=record)
     export = export_student(student, Path(run_dir)) if is_main_process() else Path(run_dir) / "student_timm.pth"
     caches = [cache.describe() for cache in dataset.caches] if isinstance(dataset, PooledViews) else []
-    return DistillResult(student=student, fit=result, export_path=export, teacher_caches=caches)
+    return DistillResult(student=student, fit=result, export_path=export, teacher_caches=caches, record=record)
 
 
 def training_views(cfg: Config, dataset, objective: nn.Module, run_dir: Path, device: torch.device):
     """(training dataset, whether its sampler passes the epoch). Without `train.teacher_cache`: `dataset`
-    itself, fresh augmentations every epoch. With V = `train.teacher_cache`: every teacher's cache over a
+    itself, fresh augmentations every epoch (with `data.seeded_views`, each seeded by (seed, image,
+    draw): `FreshDraws`). With V = `train.teacher_cache`: every teacher's cache over a
     pool of V draws per image (built, or reused when its key matches; `ssl_kd.teacher_cache`), and a
     `PooledViews` dataset that brings the chosen draws with the teachers' cached rows."""
     size = cfg.train.teacher_cache
     if size < 0:
         raise UserError(f"train.teacher_cache={size}; give the number of cached draws per image (e.g. 10), or 0 for no cache")
+    seeded = FreshDraws(view_draw(cfg.data), DRAWS_PER_STEP[cfg.data.views], cfg.train.seed) if cfg.data.seeded_views else None
     if size == 0:
-        return dataset, False
+        return (PooledViews(dataset, seeded), True) if seeded else (dataset, False)
     if not isinstance(objective, DistillObjective):
         say(f"train.teacher_cache ignored: {cfg.loss.method} does not use the teacher")
-        return dataset, False
+        return (PooledViews(dataset, seeded), True) if seeded else (dataset, False)
     for branch in objective.branches:
         refuse_uncacheable(cfg.loss.method, branch.method)
     draws_per_step = DRAWS_PER_STEP[cfg.data.views]

@@ -31,6 +31,7 @@ from .evaluation.suite import (
 from .feature_cache import cached_features
 from .loop import FitResult, resolve_device
 from .teachers import Teacher, load_teacher
+from .validation import check_knn_bank
 
 
 @dataclass
@@ -52,6 +53,7 @@ def load_inputs(cfg: Config) -> JobInputs:
     require_labels(evaluation)  # before any training: k-NN, retrieval and the probe need labels
     splits = eval_splits(evaluation)
     teacher_path = str(cfg.teacher.path or default_teacher(cfg.data.name))
+    check_knn_bank(cfg.eval, len(splits.train), evaluation.name)  # a k larger than the bank: one line, before the teacher loads
     teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
                            image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
     extra_paths = [str(p) for p in cfg.teacher.extra]  # arch and layout from each file (teacher.arch/format are the primary's)

@@ -13,10 +13,12 @@ A step reads in order: forward -> backward (DDP averages the gradients) -> optim
 `after_step(state)` with the state that this step's forward returned (nothing is kept between calls).
 
 `fit` runs AdamW with linear warm-up then cosine decay (per step), optional bf16/fp16 autocast,
-gradient clipping, a tqdm bar on a terminal plus one log line per epoch, `metrics.jsonl` (with the
-epoch's images/s), an atomic checkpoint after every epoch, and resumes from
-`run_dir/checkpoints/last.pt` when it exists. A non-finite loss stops the run with one line naming
-the step and the last good checkpoint.
+gradient clipping, a tqdm bar per epoch on a terminal (loss, images/s, the ETA of the whole run) plus
+one log line per epoch, `metrics.jsonl` (and TensorBoard with `train.tensorboard`; `ssl_kd.metrics_log`),
+atomic checkpoints at every epoch end, every N steps or minutes and at a stop signal
+(`ssl_kd.run_checkpoints`, `ssl_kd.preemption`), and resumes from `run_dir/checkpoints/last.pt` when
+it exists, inside an epoch too. A non-finite loss or gradient stops the run with one line naming the
+step, the loss parts and the last good checkpoint, before anything from that step is applied.
 
 Under torchrun (`ssl_kd.parallel`) the objective runs under `DistributedDataParallel` (the trainable
 parts; what is not trainable, the frozen teachers, is left out of it), optionally with SyncBatchNorm;
@@ -27,7 +29,6 @@ the bar. A checkpoint written by W processes resumes with any other number of pr
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import time
@@ -41,11 +42,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_atomic
 from .config import TrainConfig
 from .errors import UserError
 from .parallel import all_reduce_mean, is_distributed, is_main_process, local_rank, rank, world_size
 from .parallel import resolve_device as _resolve_device
+from .preemption import Preempted, PreemptionGuard
+from .metrics_log import MetricsLog
+from .run_checkpoints import Checkpointer, Position, restore_rank_generators
 
 
 @dataclass
@@ -93,15 +96,17 @@ def build_optimizer(trainable: nn.Module, cfg: TrainConfig) -> torch.optim.Optim
 
 
 def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_dict: dict, device: torch.device,
-        on_epoch_end: Callable[[int], dict] | None = None, data_check: Callable[[], dict | None] | None = None) -> FitResult:
-    """Train `objective` for `cfg.epochs` (resuming from the run's last checkpoint). `on_epoch_end(epoch)`
-    (1-based, called on every process) may return numbers to add to that epoch's summary, e.g. the
-    student's k-NN accuracy. `data_check()` (called on every process every `cfg.log_every` steps and
-    at the end of each epoch, before `on_epoch_end`) may stop the run with a `UserError` (too many
-    unreadable images: `ssl_kd.data.unreadable_check`); what it returns at the end of an epoch joins
-    that epoch's summary."""
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / "checkpoints" / "last.pt"
+        on_epoch_end: Callable[[int], dict] | None = None, data_check: Callable[[], dict | None] | None = None,
+        record: dict | None = None) -> FitResult:
+    """Train `objective` for `cfg.epochs`, resuming from the run's last checkpoint (`ssl_kd.run_checkpoints`:
+    mid-epoch too, at the same batch, with every generator restored). `on_epoch_end(epoch)` (1-based,
+    called on every process) may return numbers to add to that epoch's summary, e.g. the student's k-NN
+    accuracy ("knn_top1" also picks checkpoints/best.pt). `data_check()` (called on every process every
+    `cfg.log_every` steps and at the end of each epoch, before `on_epoch_end`) may stop the run with a
+    `UserError` (too many unreadable images: `ssl_kd.data.unreadable_check`); what it returns at the end
+    of an epoch joins that epoch's summary. `record` (the reproducibility record) goes into every
+    checkpoint. SIGTERM, SIGUSR1 or Ctrl-C make the run checkpoint at the next step and raise
+    `ssl_kd.preemption.Preempted`."""
     model = prepare_model(objective, cfg, device)
     optimizer = build_optimizer(objective.trainable, cfg)
     steps_per_epoch = len(loader)
@@ -110,30 +115,65 @@ def fit(objective: nn.Module, loader, cfg: TrainConfig, run_dir: Path, config_di
     schedule = cosine_schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch)
     autocast, use_scaler = autocast_context(cfg.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    step_runner = StepRunner(model, objective, optimizer, scaler, autocast, cfg, device)
+    run = _Run(StepRunner(model, objective, optimizer, scaler, autocast, cfg, device), loader, schedule, steps_per_epoch,
+               cfg, Path(run_dir), Checkpointer(Path(run_dir), cfg), MetricsLog(Path(run_dir), cfg.tensorboard), data_check,
+               config_dict, record or {})
 
-    start_epoch, step = 0, 0
-    if cfg.resume and checkpoint_path.exists():
-        start_epoch, step = _resume(checkpoint_path, objective, optimizer, scaler)
-        _log(f"resumed from {checkpoint_path} (epoch {start_epoch}, step {step})")
+    position = Position()
     if rank() > 0:
-        torch.manual_seed(cfg.seed + rank())  # each process its own augmentation stream; rank 0's is the single-process one
-    result = FitResult(epochs=cfg.epochs, steps=step, resumed_from_epoch=start_epoch)
+        torch.manual_seed(cfg.seed + rank())  # each process its own stream; rank 0's is the single-process one
+    state = run.checkpoints.load(config_dict, record) if cfg.resume else None
+    if state is not None:
+        position = _resume(state, run.checkpoints.last, objective, optimizer, scaler, steps_per_epoch, cfg.seed)
+        _log(f"resumed from {run.checkpoints.last} (epoch {position.epoch + 1}, step {position.step})")
+    result = FitResult(epochs=cfg.epochs, steps=position.step, resumed_from_epoch=position.epoch)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        _start_epoch(loader, cfg.seed, epoch)
-        summary = _run_epoch(step_runner, loader, schedule, cfg, epoch, step, run_dir, checkpoint_path, data_check)
-        step += steps_per_epoch
-        if data_check is not None:
-            summary.update(data_check() or {})
-        if on_epoch_end is not None:
-            summary.update(on_epoch_end(epoch + 1))
-        result.steps, result.history = step, result.history + [summary]
-        _append_metrics(run_dir, summary)
-        _log(_epoch_line(summary, cfg.epochs))
-        if is_main_process():
-            _save(checkpoint_path, objective, optimizer, scaler, epoch + 1, step, config_dict)
+    run.first_step, run.started = position.step, time.time()
+    with PreemptionGuard() as guard, contextlib.closing(run.metrics):
+        for epoch in range(position.epoch, cfg.epochs):
+            skip = position.epoch_step if epoch == position.epoch else 0
+            _start_epoch(loader, cfg.seed, epoch, skip)
+            summary = _run_epoch(run, guard, epoch, epoch * steps_per_epoch + skip, skip)
+            if data_check is not None:
+                summary.update(data_check() or {})
+            if on_epoch_end is not None:
+                summary.update(on_epoch_end(epoch + 1))
+            result.steps, result.history = summary["step"], result.history + [summary]
+            run.metrics.write(summary)
+            _log(_epoch_line(summary, cfg.epochs))
+            run.save(Position(epoch + 1, 0, summary["step"]), metric=summary.get("knn_top1"))
     return result
+
+
+@dataclass
+class _Run:
+    """What every epoch of one `fit` call shares."""
+
+    step_runner: "StepRunner"
+    loader: object
+    schedule: np.ndarray
+    steps_per_epoch: int
+    cfg: TrainConfig
+    run_dir: Path
+    checkpoints: Checkpointer
+    metrics: MetricsLog
+    data_check: Callable[[], dict | None] | None
+    config: dict
+    record: dict
+    first_step: int = 0  # the step this fit call started at, and when: for the ETA of the whole run
+    started: float = 0.0
+
+    def eta(self, step: int) -> str:
+        """Time left for the whole run at this call's pace so far, as h:mm:ss."""
+        done = step - self.first_step
+        seconds = (len(self.schedule) - step) * (time.time() - self.started) / max(done, 1)
+        return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"
+
+    def save(self, position: Position, metric: float | None = None) -> None:
+        runner = self.step_runner
+        self.checkpoints.save({"trainable": runner.objective.trainable.state_dict(), "optimizer": runner.optimizer.state_dict(),
+                               "scaler": runner.scaler.state_dict(), "config": self.config, "record": self.record},
+                              position, metric)
 
 
 def prepare_model(objective: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -179,13 +219,19 @@ def _frozen_names(objective: nn.Module) -> list[str]:
     return [name for name, tensor in named if id(tensor) not in kept]
 
 
-def _start_epoch(loader, seed: int, epoch: int) -> None:
-    """The epoch's order depends only on (seed, epoch): the sampler's `set_epoch`, else the loader's generator."""
+def _start_epoch(loader, seed: int, epoch: int, skip: int = 0) -> None:
+    """The epoch's order depends only on (seed, epoch): the sampler's `set_epoch`, else the loader's generator.
+    `skip`: steps of this epoch already done (a resumed run), which the sampler leaves out."""
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
     elif getattr(loader, "generator", None) is not None:
         loader.generator.manual_seed(seed + epoch)
+    if hasattr(sampler, "skip_batches"):
+        sampler.skip_batches(skip, loader.batch_size)
+    elif skip:
+        raise UserError("this checkpoint stopped inside an epoch, and this loader cannot start mid-epoch; "
+                        "use ssl_kd.data.make_loader, or train.resume=false")
 
 
 class StepRunner:
@@ -212,9 +258,12 @@ class StepRunner:
             return values
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
-        if self.cfg.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.objective.trainable.parameters(), self.cfg.grad_clip)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        values["grad_norm"] = float(nn.utils.clip_grad_norm_(self.objective.trainable.parameters(), max_norm))
+        if not self.scaler.is_enabled() and not math.isfinite(values["grad_norm"]):
+            return values  # no step from a non-finite gradient (fp16's scaler skips such steps itself)
+        values["grad_norm"] = values["grad_norm"] if math.isfinite(values["grad_norm"]) else 0.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if isinstance(out, tuple):
@@ -237,51 +286,51 @@ def _mean_over_processes(losses: dict) -> dict[str, float]:
     return dict(zip(losses, all_reduce_mean(stacked).tolist()))
 
 
-def _run_epoch(step_runner: StepRunner, loader, schedule, cfg, epoch, step, run_dir, checkpoint_path, data_check=None) -> dict:
-    step_runner.objective.train()
+def _run_epoch(run: _Run, guard: PreemptionGuard, epoch: int, step: int, skip: int) -> dict:
+    """One epoch from its step `skip` on (`step`: the global count there); checkpoints by steps or minutes,
+    and stops with a checkpoint when a stop signal came (`Preempted`)."""
+    runner, cfg = run.step_runner, run.cfg
+    runner.objective.train()
     totals: dict[str, float] = {}
-    start, images = time.time(), 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (sys.stderr.isatty() and is_main_process()))
-    for i, (views, _labels, index) in enumerate(bar):
-        values = step_runner(views, index, float(schedule[step]))
-        if not math.isfinite(values["loss"]):
-            last = checkpoint_path if checkpoint_path.exists() else "none yet"
-            raise UserError(
-                f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}); last good checkpoint: {last}; "
-                "lower train.lr, or use train.precision=fp32"
-            )
+    start, images, count = time.time(), 0, 0
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (sys.stderr.isatty() and is_main_process()))
+    for views, _labels, index in bar:
+        values = runner(views, index, float(run.schedule[step]))
+        if not all(math.isfinite(value) for value in values.values()):
+            raise UserError(_not_finite_message(values, step, epoch, run.checkpoints.last))
         images += index.shape[0] * world_size()
+        count += 1
         for name, value in values.items():
             totals[name] = totals.get(name, 0.0) + value
         if cfg.log_every and step % cfg.log_every == 0:
-            _append_metrics(run_dir, {"step": step, "epoch": epoch + 1, "lr": float(schedule[step]), **values})
-            if data_check is not None:
-                data_check()
-        bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{images / max(time.time() - start, 1e-9):.0f}")
+            run.metrics.write({"step": step, "epoch": epoch + 1, "lr": float(run.schedule[step]), **values})
+            if run.data_check is not None:
+                run.data_check()
         step += 1
-    count = i + 1
+        bar.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{images / max(time.time() - start, 1e-9):.0f}", run_eta=run.eta(step))
+        done = skip + count
+        if guard.requested():
+            run.save(Position(epoch, done, step) if done < run.steps_per_epoch else Position(epoch + 1, 0, step))
+            raise Preempted(f"stopped by {guard.signal_name or 'a signal to another process'} at step {step}; "
+                            f"checkpoint {run.checkpoints.last} written; rerun the same command to resume")
+        if done < run.steps_per_epoch and run.checkpoints.due(step):
+            run.save(Position(epoch, done, step))
+    if count == 0:
+        raise UserError("the epoch gave no batch; use more images or a smaller train.batch_size")
     seconds = time.time() - start
-    return {"epoch": epoch + 1, "step": step, "lr": float(schedule[step - 1]), "seconds": round(seconds, 2),
+    return {"epoch": epoch + 1, "step": step, "lr": float(run.schedule[step - 1]), "seconds": round(seconds, 2),
             "images_per_s": round(images / max(seconds, 1e-9), 1), **{name: total / count for name, total in totals.items()}}
 
 
-def _save(path: Path, objective, optimizer, scaler, epoch: int, step: int, config_dict: dict) -> None:
-    save_atomic(
-        {
-            "trainable": objective.trainable.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "config": config_dict,
-            "rng": torch.get_rng_state(),  # the augmentations draw from torch's generator
-        },
-        path,
-    )
+def _not_finite_message(values: dict, step: int, epoch: int, last: Path) -> str:
+    parts = ", ".join(f"{name} {value:.4g}" for name, value in values.items())
+    what = "loss" if not math.isfinite(values["loss"]) else "gradient"
+    good = last if last.exists() else "none yet"
+    return (f"the {what} became non-finite at step {step} (epoch {epoch + 1}: {parts}); nothing was saved from this step, "
+            f"and the last good checkpoint is {good}; lower train.lr, or use train.precision=fp32")
 
 
-def _resume(path: Path, objective, optimizer, scaler) -> tuple[int, int]:
-    state = load_checkpoint(path)
+def _resume(state: dict, path: Path, objective, optimizer, scaler, steps_per_epoch: int, seed: int) -> Position:
     trainable = state.get("trainable", {})
     upgrade = getattr(objective, "upgrade_state_dict", None)  # checkpoints of an older layout of the objective
     if callable(upgrade):
@@ -295,16 +344,12 @@ def _resume(path: Path, objective, optimizer, scaler) -> tuple[int, int]:
             "use another --out, or train.resume=false to start over"
         ) from None
     scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"])
-    return int(state["epoch"]), int(state["step"])
-
-
-def _append_metrics(run_dir: Path, record: dict) -> None:
-    if not is_main_process():
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    restore_rank_generators(state, seed)
+    epoch, epoch_step, step = int(state["epoch"]), int(state.get("epoch_step", 0)), int(state["step"])
+    if epoch_step and step != epoch * steps_per_epoch + epoch_step:
+        raise UserError(f"cannot resume from {path} inside epoch {epoch + 1}: it had another number of steps per epoch "
+                        "(a changed train.batch_size or dataset); use another --out, or train.resume=false")
+    return Position(epoch, epoch_step, step)
 
 
 def _epoch_line(summary: dict, epochs: int) -> str:

@@ -100,6 +100,13 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: this process's GPU under NCCL, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

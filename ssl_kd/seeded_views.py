@@ -74,6 +74,18 @@ class ViewPool:
         return rng.choice(self.size, self.draws_per_step, replace=False).tolist()
 
 
+class FreshDraws(ViewPool):
+    """Seeded draws without a pool: in epoch e image i trains on draws e * k, ..., e * k + k - 1 (k =
+    `draws_per_step`), new ones every epoch as with unseeded augmentation, but each a pure function of
+    (seed, i, draw) (`data.seeded_views`): the same whatever the workers, and exact on resume."""
+
+    def __init__(self, draw: Callable, draws_per_step: int, seed: int):
+        super().__init__(draw, size=draws_per_step, draws_per_step=draws_per_step, seed=seed)
+
+    def chosen(self, index: int, epoch: int) -> list[int]:
+        return [epoch * self.draws_per_step + j for j in range(self.draws_per_step)]
+
+
 class PooledViews(Dataset):
     """The training set over a `ViewPool`: item `(index, epoch)` -> (views, label, index used).
 

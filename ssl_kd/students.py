@@ -9,11 +9,20 @@ also returns the backbone's stage maps from the same pass (`backbone_with_maps`;
 `small_stem=True` replaces a ResNet's 7x7/stride-2 stem and max-pool by a 3x3/stride-1 conv (the
 CIFAR variant SSL papers use at 32 px); the exported file then records it, since timm's stock
 model has the ImageNet stem.
+
+Resolution. A timm model built for a fixed side (a ViT: `img_size`, 224 by default) is built as the
+ViT teachers are (`ssl_kd.teachers.layouts.vit_arch.vit_model_kwargs`): at timm's default size, so its
+state dict keeps the stock shapes (the export loads with plain timm), with `dynamic_img_size=True`, so
+it takes the data's side whatever it is, resampling its position embeddings on the fly, and
+`dynamic_img_pad=True`, so a side that is not a multiple of the patch is padded up to one. A model
+that takes `img_size` but no `dynamic_img_size` is built at `image_size` when the caller gives it.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
+from functools import lru_cache
 
 import timm
 import torch
@@ -34,16 +43,40 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     )
 
 
-def create_backbone(arch: str, *, small_stem: bool = False) -> nn.Module:
-    """`timm.create_model(arch, num_classes=0)`, with a clear error for an unknown name."""
+def create_backbone(arch: str, *, small_stem: bool = False, image_size: int | None = None) -> nn.Module:
+    """`timm.create_model(arch, num_classes=0)`, with a clear error for an unknown name, sized for any
+    input side where the model allows it (`resolution_kwargs`, module docstring)."""
     if arch not in timm.list_models():
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(f"unknown model '{arch}'; {hint}any name from timm.list_models() works")
-    backbone = timm.create_model(arch, pretrained=False, num_classes=0)
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0, **resolution_kwargs(arch, image_size))
     if small_stem:
         _use_small_stem(backbone, arch)
     return backbone
+
+
+@lru_cache(maxsize=64)
+def _init_parameters(arch: str) -> frozenset[str]:
+    """The constructor arguments of the model class timm builds for `arch` (read on the meta device)."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(arch, pretrained=False, num_classes=0)
+    except Exception:  # noqa: BLE001  (a model that cannot be built on the meta device: built as timm's default)
+        return frozenset()
+    return frozenset(inspect.signature(type(model).__init__).parameters)
+
+
+def resolution_kwargs(arch: str, image_size: int | None = None) -> dict:
+    """timm kwargs that let `arch` take images of any side (ViTs, Swin, EVA: `dynamic_img_size`, and
+    `dynamic_img_pad` where it exists), else `img_size=image_size` for a model built for one fixed side;
+    {} for a model that takes any side anyway (CNNs)."""
+    params = _init_parameters(arch)
+    if "dynamic_img_size" in params:
+        return {"dynamic_img_size": True, **({"dynamic_img_pad": True} if "dynamic_img_pad" in params else {})}
+    if "img_size" in params and image_size is not None:
+        return {"img_size": image_size}
+    return {}
 
 
 def backbone_with_maps(backbone: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -71,12 +104,13 @@ def _use_small_stem(backbone: nn.Module, arch: str) -> None:
 
 
 class Student(nn.Module):
-    def __init__(self, cfg: StudentConfig, embed_dim: int, mean, std, extra_dims: tuple[int, ...] = ()):
+    def __init__(self, cfg: StudentConfig, embed_dim: int, mean, std, extra_dims: tuple[int, ...] = (), image_size: int | None = None):
         super().__init__()
         self.arch, self.small_stem = cfg.arch, cfg.small_stem
+        self.model_kwargs = resolution_kwargs(cfg.arch, image_size) if timm.is_model(cfg.arch) else {}  # what timm needs to rebuild it
         with torch.random.fork_rng():
             torch.manual_seed(cfg.init_seed)
-            self.backbone = create_backbone(cfg.arch, small_stem=cfg.small_stem)
+            self.backbone = create_backbone(cfg.arch, small_stem=cfg.small_stem, image_size=image_size)
             self.projector = mlp_head(self.backbone.num_features, cfg.proj_hidden, embed_dim)
             # one projector per additional teacher (built after the primary's, so its init is unchanged)
             self.extra_projectors = nn.ModuleList(mlp_head(self.backbone.num_features, cfg.proj_hidden, dim) for dim in extra_dims)

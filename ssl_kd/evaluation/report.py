@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..provenance import record_line
 from .plots import plot_feature_scatter, plot_knn_over_epochs, plot_loss_curves, read_metrics
 
 BASELINES = (("random-init student", "random_student"), ("raw pixels", "raw_pixels"))
@@ -122,6 +123,7 @@ def write_report(out_dir: Path, report: dict, figures: dict[str, Path] | None = 
         *[f"- {line}" for line in summary_lines(report)],
         "",
         protocol_line(report["protocol"]),
+        *([record_line(report["reproducibility"]), ""] if report.get("reproducibility") else []),
         "",
         *figure_lines(figures or {}, out_dir),
         "",
