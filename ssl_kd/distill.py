@@ -192,8 +192,10 @@ def export_student(student: Student, run_dir: Path) -> Path:
     """The backbone as a plain timm state dict plus a JSON naming the timm model to build."""
     path = run_dir / "student_timm.pth"
     torch.save({k: v.detach().cpu() for k, v in student.backbone.state_dict().items()}, path)
-    info = {"timm_name": student.arch, "num_classes": 0, "small_stem": student.small_stem,
+    kwargs = dict(getattr(student, "model_kwargs", {}))  # e.g. a ViT's dynamic_img_size, to take the data's side
+    extra = "".join(f", {key}={value!r}" for key, value in kwargs.items())
+    info = {"timm_name": student.arch, "num_classes": 0, "small_stem": student.small_stem, "model_kwargs": kwargs,
             "mean": student.mean.flatten().tolist(), "std": student.std.flatten().tolist(),
-            "load": f"timm.create_model('{student.arch}', num_classes=0, checkpoint_path='student_timm.pth')"}
+            "load": f"timm.create_model('{student.arch}', num_classes=0{extra}, checkpoint_path='student_timm.pth')"}
     (run_dir / "student_timm.json").write_text(json.dumps(info, indent=2))
     return path

@@ -252,3 +252,7 @@ def test_vit_student_trains_a_step_at_32_px(tmp_path: Path, monkeypatch, capsys)
     assert exported(torch.rand(2, 3, 32, 32)).feat.shape == (2, 192)
     plain = timm.create_model("vit_tiny_patch16_224", num_classes=0, checkpoint_path=str(tmp_path / "run" / "student_timm.pth"))
     assert plain.num_features == 192  # stock shapes: the export loads with plain timm
+    info = json.loads((tmp_path / "run" / "student_timm.json").read_text())
+    at_data_size = timm.create_model(info["timm_name"], num_classes=0, checkpoint_path=str(tmp_path / "run" / "student_timm.pth"),
+                                     **info["model_kwargs"])  # what the JSON's load line says
+    assert "dynamic_img_size=True" in info["load"] and at_data_size(torch.rand(2, 3, 32, 32)).shape == (2, 192)
