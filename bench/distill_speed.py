@@ -1,8 +1,7 @@
 """Distillation speed: the whole training loop against the bare step it is built around, on this machine.
 
-    python bench/distill_speed.py [--steps N] [--rounds 3] [--configs digits,natural64] [--data-root ZIP_OR_DIR]
-                                  [--subset 640] [--threads N] [--skip-multiprocess] [--skip-cuda] [--cuda-steps 20]
-                                  [--cache-configs r50_32,vitb_224] [--skip-cache]
+    python bench/distill_speed.py [--steps N] [--rounds 3] [--configs digits,natural64] [--data-root ZIP_OR_DIR] [--subset 640]
+        [--threads N] [--skip-multiprocess] [--skip-cuda] [--cuda-steps 20] [--cache-configs r50_32,vitb_224] [--skip-cache]
 
 Everything is measured side by side in one run: contenders alternate round after round (the order
 flips every round), and each one's median over `--rounds` is reported, so load from other processes
@@ -56,11 +55,9 @@ and is not timed. images/s counts images (not views) per second; each image give
     turned into the wall time of 200 epochs of ImageNet (1,281,167 images) on 8 such devices assuming
     linear scaling and a loader that keeps up: a projection, not a measurement.
 
-(d) the teacher-feature cache (`train.teacher_cache`; bench/distill_speed_cache.py, whose docstring has
-    the details): per config of `--cache-configs` (r50_32: resnet50 -> resnet18 at 32 px; vitb_224:
-    vit_base_patch16_224 -> resnet18 at 224 px, small batches), the cached loop against the bare
-    (uncached) step, GOAL >= 1.3x and >= 2.5x, the cached loop against the uncached loop, and the
-    one-time cost of building the cache in epochs of uncached training. --skip-cache skips it.
+(d) the teacher-feature cache (`train.teacher_cache`; details in bench/distill_speed_cache.py): cached loop
+    vs bare step (GOAL >= 1.3x r50_32, >= 2.5x vitb_224), vs the uncached loop, and the cache's build cost
+    in uncached epochs, per config of `--cache-configs`. --skip-cache skips it.
 
 Reading it: a ratio is only as good as the spread of its rounds (min..max printed); on a busy machine
 rerun with more rounds. The machine's load average is printed before and after.
@@ -88,7 +85,8 @@ import torch  # noqa: E402
 
 from ssl_kd import loop as loop_module  # noqa: E402
 from ssl_kd.config import load_config, to_dict  # noqa: E402
-from ssl_kd.data import build_dataset, make_loader  # noqa: E402
+from ssl_kd.data import build_dataset  # noqa: E402
+from ssl_kd.loaders import make_loader  # noqa: E402
 from ssl_kd.loop import StepRunner, autocast_context, build_optimizer, cosine_schedule, fit, prepare_model  # noqa: E402
 from ssl_kd.teachers import load_teacher  # noqa: E402
 
@@ -105,7 +103,6 @@ DEFAULT_DATA = "/work/shared/data/cifar10/cifar10-jpg-dev.zip"
 IMAGENET_PRESET = REPO / "configs" / "imagenet-resnet50-to-resnet18.yaml"
 IMAGENET_TRAIN_IMAGES = 1_281_167
 PROJECTION_EPOCHS, PROJECTION_DEVICES = 200, 8
-
 
 
 # --------------------------------------------------------------------------------------- contenders

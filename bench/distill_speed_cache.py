@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from ssl_kd.config import load_config, to_dict
-from ssl_kd.data import make_loader
+from ssl_kd.loaders import make_loader
 from ssl_kd.distill import training_views
 from ssl_kd.loop import StepRunner, autocast_context, build_optimizer, fit, prepare_model
 

@@ -19,7 +19,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from ssl_kd.config import Config  # noqa: E402
-from ssl_kd.data import build_dataset, make_loader, resolve_data_config, views_transform  # noqa: E402
+from ssl_kd.data import build_dataset, resolve_data_config  # noqa: E402
+from ssl_kd.views import views_transform  # noqa: E402
+from ssl_kd.loaders import make_loader  # noqa: E402
 from ssl_kd.defaults import default_teacher  # noqa: E402
 from ssl_kd.distill import build_objective, build_student  # noqa: E402
 from ssl_kd.losses.base import DistillMethod  # noqa: E402

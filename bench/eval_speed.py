@@ -61,7 +61,9 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from ssl_kd.config import DataConfig
-from ssl_kd.data import build_dataset, eval_transform, make_loader
+from ssl_kd.data import build_dataset
+from ssl_kd.views import eval_transform
+from ssl_kd.loaders import make_loader
 from ssl_kd.defaults import default_teacher
 from ssl_kd.evaluation.augmented_probe import augmented_linear_probe, probe_train_transform
 from ssl_kd.evaluation.knn import knn_search

@@ -5,7 +5,7 @@
                                 [--threads 1] [--cases 32,224]
 
 End to end for ONE training view of one image (what a DataLoader worker does per sample): decode +
-the whole view transform of `ssl_kd.data.view_draw(cfg)` (lightly's SimCLRViewTransform
+the whole view transform of `ssl_kd.views.view_draw(cfg)` (lightly's SimCLRViewTransform
 with the imagefolder defaults at `image_size`), three ways:
   pil        `torchvision.datasets.folder.pil_loader` (open + `Image.open(f).convert("RGB")`, what
              `ImageFolder` uses), then the view on the PIL image;
@@ -64,7 +64,7 @@ from torchvision.datasets.folder import pil_loader
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from ssl_kd.config import DataConfig
-from ssl_kd.data import eval_transform, view_draw
+from ssl_kd.views import eval_transform, view_draw
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ZIP = REPO.parent / "shared" / "data" / "cifar10" / "cifar10-jpg-dev.zip"

@@ -22,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssl_kd.data import build_dataset, make_loader  # noqa: E402
+from ssl_kd.data import build_dataset  # noqa: E402
+
+from ssl_kd.loaders import make_loader  # noqa: E402
 from ssl_kd.errors import UserError, cli_main  # noqa: E402
 from ssl_kd.evaluation.augmented_probe import augmented_linear_probe, probe_train_transform  # noqa: E402
 from ssl_kd.evaluation.entry import add_eval_arguments, describe, load_eval_inputs, split_features, write_json  # noqa: E402

@@ -21,7 +21,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 
 from ssl_kd.cli import add_config_arguments, config_from_args, distributed_session, say, setup_logging, write_config  # noqa: E402
 from ssl_kd.config import PretrainConfig, to_dict  # noqa: E402
-from ssl_kd.data import build_dataset, make_loader, unreadable_check, views_transform  # noqa: E402
+from ssl_kd.data import build_dataset, unreadable_check  # noqa: E402
+from ssl_kd.views import views_transform  # noqa: E402
+from ssl_kd.loaders import make_loader  # noqa: E402
 from ssl_kd.errors import UserError, cli_main  # noqa: E402
 from ssl_kd.loop import fit  # noqa: E402
 from ssl_kd.parallel import is_main_process  # noqa: E402

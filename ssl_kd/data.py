@@ -1,4 +1,4 @@
-"""Datasets and view transforms.
+"""Datasets: every `data.name`, their splits, their per-dataset defaults, and unreadable images.
 
 Every dataset yields `(image, label, index)`; images leave the transforms as float tensors in [0, 1]
 with no normalization (each network normalizes its own input with its own mean/std, so a teacher
@@ -22,9 +22,7 @@ Unreadable images (any file-based dataset): `IndexedDataset.load` replaces an im
 by the next readable one and records it in shared memory, visible across loader workers;
 `unreadable_check` is the training loop's check that stops the run past `data.max_bad_fraction`.
 
-Views: `view_draw(cfg)` is one random draw (one crop, or one crop in four rotations); a training step
-takes `DRAWS_PER_STEP[data.views]` draws (`views_transform`: `num_views(cfg)` views an image). The
-teacher cache draws them reproducibly instead (`ssl_kd.seeded_views`).
+The view transforms live in `ssl_kd.views`, the loaders in `ssl_kd.loaders`.
 """
 
 from __future__ import annotations
@@ -34,17 +32,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
-import torchvision.transforms as T
 from PIL import Image
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import pil_loader
 
 from .config import DataConfig
 from .errors import UserError
 from .image_files import READ_ERRORS, FileList, UnreadableCheck, UnreadableImages, image_file_list
-from .parallel import rank, world_size
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.3
@@ -320,152 +315,3 @@ def resolve_data_config(cfg: DataConfig) -> DataConfig:
         raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {', '.join(DATASETS)} (data.name / --data)")
     filled = {key: value for key, value in DATASET_DEFAULTS[cfg.name].items() if getattr(cfg, key) is None}
     return replace(cfg, **filled)
-
-
-VIEW_MODES = ("crops", "rotations")
-
-
-class RotatedViews:
-    """One augmented view of the image, then that view turned by 0, 90, 180 and 270 degrees.
-
-    Returns 4 tensors: view k = `torch.rot90(view_0, k, dims=(-2, -1))` (counter-clockwise), so view
-    0 is the unrotated one, DLKD's anchors. DLKD's own code (research/methods.md s.1.1) rotates first
-    and crops each rotation separately; here the four views share one crop and differ only by the turn.
-    """
-
-    def __init__(self, view: Callable):
-        self.view = view
-
-    def __call__(self, image) -> list[torch.Tensor]:
-        base = self.view(image)
-        return [torch.rot90(base, k, dims=(-2, -1)) for k in range(4)]
-
-
-def view_draw(cfg: DataConfig):
-    """One random draw of SSL views from an image: lightly's SimCLR view transform, sized to the image.
-
-    Returns a callable image -> list of tensors: `data.views="crops"`: one crop ([view]);
-    `"rotations"`: one crop turned by 0/90/180/270 degrees (`RotatedViews`, four views). What a step
-    takes is `DRAWS_PER_STEP[cfg.views]` draws. All randomness comes from torch's and numpy's global
-    generators (lightly's blur and rotation use numpy), so seeding both fixes a draw
-    (`ssl_kd.seeded_views`).
-    """
-    cfg = resolve_data_config(cfg)
-    if cfg.views not in VIEW_MODES:
-        raise UserError(f"data.views={cfg.views!r} is not one of: {', '.join(VIEW_MODES)}")
-    from lightly.transforms import SimCLRViewTransform
-
-    view = SimCLRViewTransform(
-        input_size=cfg.image_size,
-        cj_prob=cfg.color_jitter,
-        cj_strength=cfg.jitter_strength,
-        min_scale=cfg.min_scale,
-        random_gray_scale=cfg.grayscale,
-        gaussian_blur=cfg.blur,
-        hf_prob=cfg.hflip,
-        rr_prob=cfg.rotation,
-        rr_degrees=cfg.rotation_degrees,
-        normalize=None,
-    )
-    return RotatedViews(view) if cfg.views == "rotations" else SingleView(view)
-
-
-class SingleView:
-    """A view transform as a draw: image -> [view]."""
-
-    def __init__(self, view: Callable):
-        self.view = view
-
-    def __call__(self, image) -> list[torch.Tensor]:
-        return [self.view(image)]
-
-
-# draws a step takes per image: two independent crops, or one crop in its four rotations
-DRAWS_PER_STEP = {"crops": 2, "rotations": 1}
-VIEWS_PER_DRAW = {"crops": 1, "rotations": 4}
-
-
-class MultiDraw:
-    """`draws` independent draws of `draw`, their views concatenated (image -> list of tensors)."""
-
-    def __init__(self, draw: Callable, draws: int):
-        self.draw, self.draws = draw, draws
-
-    def __call__(self, image) -> list[torch.Tensor]:
-        return [view for _ in range(self.draws) for view in self.draw(image)]
-
-
-def num_views(cfg: DataConfig) -> int:
-    """Views per image a training step sees: 2 crops, or 4 rotations of one crop."""
-    return DRAWS_PER_STEP[cfg.views] * VIEWS_PER_DRAW[cfg.views]
-
-
-def views_transform(cfg: DataConfig):
-    """The training transform: image -> the `num_views(cfg)` views of a step (`view_draw`, drawn
-    `DRAWS_PER_STEP` times from torch's and numpy's global generators)."""
-    draw, draws = view_draw(cfg), DRAWS_PER_STEP[resolve_data_config(cfg).views]
-    return draw if draws == 1 else MultiDraw(draw, draws)
-
-
-def eval_transform(cfg: DataConfig):
-    """Deterministic: resize the short side (with the usual 0.875 crop ratio above 64 px), centre crop."""
-    cfg = resolve_data_config(cfg)
-    resize = cfg.image_size if cfg.image_size <= 64 else int(round(cfg.image_size / 0.875))
-    return T.Compose([T.Resize(resize), T.CenterCrop(cfg.image_size), T.ToTensor()])
-
-
-def per_process_batch(batch_size: int, num_images: int, world: int) -> int:
-    """Images each of `world` processes takes per step for a GLOBAL batch of `batch_size` (tiny data:
-    the whole set, as one batch, rather than none)."""
-    batch_size = min(batch_size, num_images)
-    if batch_size < world:
-        raise UserError(f"{num_images} training images cannot feed {world} processes; use more images or fewer processes")
-    if batch_size % world:
-        raise UserError(f"train.batch_size={batch_size} does not split over {world} processes; "
-                        f"give a multiple of {world} (it is the global batch, summed over processes)")
-    return batch_size // world
-
-
-class TrainingSampler(DistributedSampler):
-    """`DistributedSampler` (shuffled by (seed, epoch), sharded, drop-last) that can start an epoch after its
-    first k steps (`skip_batches`, a run resumed mid-epoch) and, with `tag_epoch`, yields `(index, epoch)`
-    so the dataset learns the epoch, also in loader workers that persist across epochs
-    (`ssl_kd.seeded_views.PooledViews`)."""
-
-    def __init__(self, *args, tag_epoch: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.tag_epoch, self.skip = tag_epoch, 0
-
-    def skip_batches(self, steps: int, batch_size: int) -> None:
-        """Leave out this epoch's first `steps` batches of `batch_size` (until the next call)."""
-        self.skip = steps * batch_size
-
-    def __iter__(self):
-        indices = list(super().__iter__())[self.skip:]
-        return iter([(index, self.epoch) for index in indices] if self.tag_epoch else indices)
-
-    def __len__(self) -> int:
-        return super().__len__() - self.skip
-
-
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int, seed: int = 0,
-                pin_memory: bool = False, tag_epoch: bool = False) -> DataLoader:
-    """Training: shuffled, drop-last, sharded over processes; evaluation: ordered and complete.
-
-    Training order: epoch e is the permutation `torch.randperm(n)` drawn from a generator seeded with
-    `seed + e` (`DistributedSampler`; the loop calls `set_epoch`), cut to a multiple of the number of
-    processes W; process r takes its positions r, r + W, r + 2W, ... . `batch_size` is the GLOBAL
-    batch: each process loads `batch_size / W` images a step, and global step i holds the permutation's
-    positions [i * batch_size, (i + 1) * batch_size) whatever W is, so 1 and W processes see the same
-    batches. Workers persist across epochs and prefetch; `pin_memory` for CUDA. `tag_epoch`: the
-    dataset is asked for `(index, epoch)` instead of `index` (`TrainingSampler`).
-    """
-    options = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
-                   prefetch_factor=4 if num_workers > 0 else None)
-    if not train:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **options)
-    world = world_size()
-    sampler = TrainingSampler(dataset, num_replicas=world, rank=rank(), shuffle=True, seed=seed, drop_last=True, tag_epoch=tag_epoch)
-    generator = torch.Generator().manual_seed(seed + rank())  # the loader workers' seeds: one stream per process
-    return DataLoader(dataset, batch_size=per_process_batch(batch_size, len(dataset), world), sampler=sampler,
-                      drop_last=True, generator=generator, **options)

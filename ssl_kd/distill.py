@@ -19,7 +19,9 @@ from torch.nn.parameter import UninitializedParameter
 
 from .config import Config, to_dict
 from .cli import say
-from .data import DRAWS_PER_STEP, build_dataset, make_loader, num_views, resolve_data_config, view_draw, views_transform
+from .data import build_dataset, resolve_data_config
+from .views import DRAWS_PER_STEP, num_views, view_draw, views_transform
+from .loaders import make_loader
 from .data import unreadable_check
 from .errors import UserError
 from .loop import FitResult, autocast_context, fit, resolve_device

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from ssl_kd.features import extract_features
-from ssl_kd.parallel import all_gather_cat, broadcast_object, is_distributed, is_main_process, rank, world_size
+from ssl_kd.parallel import all_gather_cat, broadcast_object, collective_device, is_distributed, is_main_process, rank, world_size
 
 __all__ = ["assemble_by_index", "broadcast_from_main", "gather_by_index", "pad_rows", "shard_indices", "sharded_features"]
 
@@ -70,7 +70,7 @@ def gather_by_index(rows: Tensor, indices: Tensor, total: int) -> Tensor:
     indices = torch.as_tensor(indices, dtype=torch.long)
     if not is_distributed():
         return assemble_by_index([rows.cpu()], [indices], total)
-    device = _collective_device()
+    device = collective_device()
     shapes = all_gather_cat(torch.tensor([list(rows.shape)], device=device)).cpu()  # [W, ndim]: every rank's shape
     counts = shapes[:, 0]
     if int(counts.max()) == 0:
@@ -88,7 +88,7 @@ def broadcast_from_main(tensor: Tensor | None) -> Tensor:
     if not is_distributed():
         return tensor
     shape, dtype = broadcast_object((tuple(tensor.shape), tensor.dtype) if is_main_process() else None)
-    device = _collective_device()
+    device = collective_device()
     buffer = tensor.to(device).contiguous() if is_main_process() else torch.empty(shape, dtype=dtype, device=device)
     dist.broadcast(buffer, src=0)
     return buffer.cpu()
@@ -129,8 +129,3 @@ def _ordered_loader(dataset: Any, batch_size: int, num_workers: int) -> DataLoad
                       generator=torch.Generator())
 
 
-def _collective_device() -> torch.device:
-    """Where this process's collectives run: its GPU on NCCL, the CPU on gloo."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -45,7 +45,7 @@ import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
-from .parallel import is_distributed, is_main_process
+from .parallel import collective_device, is_distributed, is_main_process
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # Bump when the scan's rules or the file layout change: old cache files then stop matching and are rewritten.
@@ -292,7 +292,7 @@ class UnreadableImages:
         must call it. While no rank has seen a failure, only one number travels."""
         if not is_distributed():
             return self
-        device = _collective_device()
+        device = collective_device()
         any_marked = torch.tensor([int(torch.count_nonzero(self.codes))], device=device)
         dist.all_reduce(any_marked, op=dist.ReduceOp.MAX)
         if not int(any_marked):
@@ -300,13 +300,6 @@ class UnreadableImages:
         codes = self.codes.to(device, copy=True)
         dist.all_reduce(codes, op=dist.ReduceOp.MAX)
         return UnreadableImages(len(codes), self.excluded, codes=codes.cpu())
-
-
-def _collective_device() -> torch.device:
-    """Where a collective's tensor must live: this process's GPU under NCCL, else the CPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 class UnreadableCheck:

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .data import make_loader, require_labels
+from .data import require_labels
+from .loaders import make_loader
 from .defaults import default_teacher
 from .distill import build_student
 from .evaluation.inputs import EvalSplits, eval_splits, evaluation_data, split_features

@@ -231,7 +231,7 @@ def _start_epoch(loader, seed: int, epoch: int, skip: int = 0) -> None:
         sampler.skip_batches(skip, loader.batch_size)
     elif skip:
         raise UserError("this checkpoint stopped inside an epoch, and this loader cannot start mid-epoch; "
-                        "use ssl_kd.data.make_loader, or train.resume=false")
+                        "use ssl_kd.loaders.make_loader, or train.resume=false")
 
 
 class StepRunner:

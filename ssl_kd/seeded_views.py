@@ -53,7 +53,7 @@ def seeded(seed: int):
 class ViewPool:
     """V reproducible draws per image and the choice among them per epoch.
 
-    `draw` maps an image to the list of views of one random draw (`ssl_kd.data.view_draw`: one crop,
+    `draw` maps an image to the list of views of one random draw (`ssl_kd.views.view_draw`: one crop,
     or one crop in four rotations); a step trains on `draws_per_step` distinct draws of the pool.
     """
 

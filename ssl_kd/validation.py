@@ -112,7 +112,8 @@ def fail(key: str, value: Any, problem: str, fix: str):
 
 
 def _check_data(data: Any, prefix: str) -> None:
-    from .data import DATASETS, VIEW_MODES
+    from .data import DATASETS
+    from .views import VIEW_MODES
 
     if data.name not in DATASETS:
         raise UserError(f"unknown dataset '{data.name}'; choose one of: {', '.join(DATASETS)} ({prefix}.name / {DATA_FLAGS[prefix]})")

@@ -21,7 +21,9 @@ import torch
 
 from ssl_kd.cli import distributed_session
 from ssl_kd.config import Config, load_config, to_dict
-from ssl_kd.data import build_dataset, make_loader, resolve_data_config, views_transform
+from ssl_kd.data import build_dataset, resolve_data_config
+from ssl_kd.views import views_transform
+from ssl_kd.loaders import make_loader
 from ssl_kd.defaults import default_teacher
 from ssl_kd.distill import build_objective, build_student, record_processes
 from ssl_kd.loop import fit

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from ssl_kd.config import Config, DataConfig, EvalConfig  # noqa: E402
-from ssl_kd.data import make_loader, resolve_data_config  # noqa: E402
+from ssl_kd.data import resolve_data_config  # noqa: E402
+from ssl_kd.loaders import make_loader  # noqa: E402
 from ssl_kd.defaults import default_teacher  # noqa: E402
 from ssl_kd.errors import UserError  # noqa: E402
 from ssl_kd.evaluation.inputs import eval_splits, split_features  # noqa: E402

@@ -9,7 +9,9 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from ssl_kd.config import DataConfig
-from ssl_kd.data import DATASETS, MultiDraw, build_dataset, eval_transform, make_loader, num_views, view_draw, views_transform
+from ssl_kd.data import DATASETS, build_dataset
+from ssl_kd.views import MultiDraw, eval_transform, num_views, view_draw, views_transform
+from ssl_kd.loaders import make_loader
 from ssl_kd.errors import UserError
 
 

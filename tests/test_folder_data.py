@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from ssl_kd import image_files
 from ssl_kd.config import DataConfig
-from ssl_kd.data import UNLABELED, build_dataset, eval_transform, unreadable_check
+from ssl_kd.data import UNLABELED, build_dataset, unreadable_check
+from ssl_kd.views import eval_transform
 from ssl_kd.errors import UserError, cli_main
 from ssl_kd.image_files import default_file_list_dir, file_list_cache_path, image_file_list
 

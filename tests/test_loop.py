@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from ssl_kd.checkpoint import load_checkpoint
 from ssl_kd.config import TrainConfig
-from ssl_kd.data import make_loader
+from ssl_kd.loaders import make_loader
 from ssl_kd.errors import UserError
 from ssl_kd.loop import cosine_schedule, fit
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from ssl_kd.data import per_process_batch
+from ssl_kd.loaders import per_process_batch
 from ssl_kd.errors import UserError
 from ssl_kd.parallel import (
     all_gather_cat,

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from ssl_kd.config import DataConfig, load_config
-from ssl_kd.data import RotatedViews, build_dataset, make_loader, views_transform
+from ssl_kd.data import build_dataset
+from ssl_kd.views import RotatedViews, views_transform
+from ssl_kd.loaders import make_loader
 from ssl_kd.errors import UserError
 from ssl_kd.losses.dlkd import correlation_loss
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from ssl_kd.config import load_config
-from ssl_kd.data import build_dataset, make_loader, resolve_data_config, view_draw, views_transform
+from ssl_kd.data import build_dataset, resolve_data_config
+from ssl_kd.views import view_draw, views_transform
+from ssl_kd.loaders import make_loader
 from ssl_kd.defaults import default_teacher
 from ssl_kd.distill import VIEW_RECIPE_KEYS, build_objective, build_student, distill, training_views
 from ssl_kd.errors import UserError

@@ -19,7 +19,7 @@ Visual Representation", ICLR 2021, `main_lincls.py`; research/methods.md s.6.2 (
   - SGD, momentum 0.9, lr = 30 x batch_size / 256, weight decay 0, batch 256, 100 epochs,
     lr x 0.1 at 60 % and 80 % of the epochs (epochs 60 and 80 of 100), stepped per epoch,
   - train augmentation: RandomResizedCrop + horizontal flip (`probe_train_transform`); test: the
-    deterministic resize + centre crop (`ssl_kd.data.eval_transform`), top-1 / top-5 on the test
+    deterministic resize + centre crop (`ssl_kd.views.eval_transform`), top-1 / top-5 on the test
     split (ties count against the true label, `rank_of_label`).
 
 Numbers from this probe are NOT comparable with `linear_probe` (cached features extracted once,
@@ -169,7 +169,7 @@ def augmented_linear_probe(
     buffers (BatchNorm statistics included) are left unchanged, and every submodule gets its own
     train/eval flag back afterwards. `train_dataset` yields `(image, label[, index])` with the
     augmentation in its transform (`probe_train_transform`), so each epoch sees new crops;
-    `test_loader` yields deterministic test batches (`ssl_kd.data.eval_transform`). The lr used is
+    `test_loader` yields deterministic test batches (`ssl_kd.views.eval_transform`). The lr used is
     `lr * batch_size / 256`, times 0.1 from each of the `milestones` (fractions of `epochs`).
     `num_classes` defaults to the dataset's `classes` (or its largest `targets` + 1). Crops, shuffling
     and the fc init are drawn from `seed` (the caller's global RNG state is restored afterwards).

@@ -1,7 +1,7 @@
 """The evaluation inputs, built one way for every caller: both splits with the eval transform, and their features.
 
 The train split is the k-NN bank, the retrieval database and the linear probe's training set; the
-test split holds the queries. Both use the deterministic eval transform (`ssl_kd.data.eval_transform`).
+test split holds the queries. Both use the deterministic eval transform (`ssl_kd.views.eval_transform`).
 `ssl_kd.job` (the pipelines' report and k-NN monitor), `ssl_kd.evaluation.entry` (the `eval/` entry
 points) and `eval/report.py` all build them here, and get features through `cached_features`, which
 also runs under torchrun (every rank extracts a shard; see `ssl_kd.feature_cache`).
@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
-from ..data import build_dataset, eval_transform, resolve_data_config
+from ..data import build_dataset, resolve_data_config
+from ..views import eval_transform
 from ..feature_cache import cached_features
 
 SPLITS = ("train", "test")
