@@ -25,13 +25,18 @@ from ssl_kd.evaluation.knn import knn_classify  # noqa: E402
 from ssl_kd.evaluation.on_main import on_main_process  # noqa: E402
 
 
+DEFAULT_KS = "20,1,10,50,100,200"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_arguments(parser)
-    parser.add_argument("--ks", default="20,1,10,50,100,200", help="k values, the headline first (default 20,1,10,50,100,200)")
+    parser.add_argument("--ks", default=DEFAULT_KS, help=f"k values, the headline first (default {DEFAULT_KS}; "
+                        "the defaults past the train split's size are left out)")
     parser.add_argument("--temperature", type=float, default=0.07, help="T of the vote weights exp(cos / T) (default 0.07)")
     args = parser.parse_args(argv)
     inputs = load_eval_inputs(args)
+    args.ks = ",".join(map(str, parse_ks(args.ks, len(inputs.train), DEFAULT_KS)))  # every k fits the bank, before any feature
     features = split_features(inputs, args)  # every rank under torchrun; the rest once, on rank 0
     return on_main_process(lambda: report(inputs, args, *features))
 

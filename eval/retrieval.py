@@ -28,6 +28,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--ks", default="1,5,10", help="recall cut-offs (default 1,5,10)")
     args = parser.parse_args(argv)
     inputs = load_eval_inputs(args)
+    parse_ks(args.ks, len(inputs.train))  # a cut-off past the database: one line, before any feature
     features = split_features(inputs, args)  # every rank under torchrun; the rest once, on rank 0
     return on_main_process(lambda: report(inputs, args, *features))
 

@@ -34,8 +34,8 @@ class DataConfig:
     views: str = "crops"
     # every augmented view a pure function of (train.seed, image, draw) instead of the loader workers' running
     # streams: the same run whatever data.num_workers, and bit-exact on resume mid-epoch (the teacher cache
-    # always seeds its views); off by default, so the figures measured with unseeded views stay reproducible
-    seeded_views: bool = False
+    # always seeds its views); false = the workers' own streams (a resumed run then draws other augmentations)
+    seeded_views: bool = True
     # SSL augmentation (lightly's SimCLR view transform)
     min_scale: Optional[float] = None  # RandomResizedCrop scale lower bound
     hflip: Optional[float] = None  # horizontal-flip probability

@@ -98,6 +98,8 @@ def test_combined_report_of_two_runs(run: Path, tmp_path: Path) -> None:
     ("eval/knn.py", ["{tmp}/missing.pth"], "does not exist"),
     ("eval/knn.py", ["{tmp}"], "without student_timm.pth"),
     ("eval/knn.py", ["{run}", "--ks", "0"], "--ks must be"),
+    ("eval/knn.py", ["{run}", "--ks", "20,5000"], r"k=5000 exceeds the \d+ images of the train split searched; give --ks 20"),
+    ("eval/retrieval.py", ["{run}", "--ks", "1,5000"], "k=5000 exceeds the"),
     ("eval/report.py", ["{run}", "--labels", "a,b"], "--labels needs 1"),
 ])
 def test_bad_input_is_a_user_error(run: Path, tmp_path: Path, entry: str, argv: list[str], phrase: str) -> None:

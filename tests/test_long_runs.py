@@ -143,10 +143,9 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_previous_checkpoint(
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
 
 
-@pytest.mark.parametrize("views", [["train.teacher_cache=3"], ["data.seeded_views=true"]], ids=["cached", "seeded"])
-def test_a_distillation_stopped_mid_epoch_resumes_bit_exact(tmp_path, monkeypatch, views):
-    """The real job: seeded views (the teacher cache's pool, or fresh seeded draws) make the whole run,
-    loader workers included, exact."""
+def test_a_distillation_on_the_teacher_cache_stopped_mid_epoch_resumes_bit_exact(tmp_path, monkeypatch):
+    """The cache's pool of seeded draws makes the whole run, loader workers included, exact (fresh seeded
+    draws, the default: tests/test_kill_and_resume.py, on the main job in a subprocess)."""
     from ssl_kd import loop
     from ssl_kd.config import load_config
     from ssl_kd.data import resolve_data_config
@@ -157,7 +156,7 @@ def test_a_distillation_stopped_mid_epoch_resumes_bit_exact(tmp_path, monkeypatc
     def config():
         cfg = load_config(None, ["train.device=cpu", "data.num_workers=2", "data.subset=96", "train.batch_size=32",
                                  "loss.queue_size=32", "student.proj_hidden=64", "eval.monitor_every=0", "train.epochs=2",
-                                 *views, f"train.teacher_cache_dir={tmp_path / 'cache'}"])
+                                 "train.teacher_cache=3", f"train.teacher_cache_dir={tmp_path / 'cache'}"])
         cfg.data = resolve_data_config(cfg.data)
         return cfg
 

@@ -200,6 +200,13 @@ def test_a_nan_loss_stops_with_the_step(tmp_path):
     assert "\n" not in message
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["epoch"] == 1
 
+    straight = Regression()
+    fit(straight, _loader(data, cfg), cfg, tmp_path / "straight", {}, CPU)
+    resumed = Regression(init_seed=5)  # the last good checkpoint resumes; the run ends as one that never failed
+    result = fit(resumed, _loader(data, cfg), cfg, tmp_path, {}, CPU)
+    assert result.resumed_from_epoch == 1 and resumed.calls == 10
+    assert all(torch.equal(resumed.trainable.state_dict()[k], v) for k, v in straight.trainable.state_dict().items())
+
 
 def test_a_nan_on_the_first_step_says_there_is_no_checkpoint(tmp_path):
     data = Points()

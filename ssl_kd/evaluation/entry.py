@@ -112,15 +112,21 @@ def split_features(inputs: EvalInputs, args: argparse.Namespace):
                                       dtype=args.cache_dtype)
 
 
-def parse_ks(text: str) -> list[int]:
-    """"20,1,10" -> [20, 1, 10] (the --ks flags)."""
+def parse_ks(text: str, bank_size: int | None = None, default: str | None = None) -> list[int]:
+    """"20,1,10" -> [20, 1, 10] (the --ks flags). With `bank_size` (the train split the queries search), a k
+    past it is a `UserError` when the user gave the list; in the `default` list it is left out."""
     try:
         ks = [int(k) for k in text.split(",") if k.strip()]
     except ValueError:
         ks = []
     if not ks or min(ks) < 1:
         raise UserError(f"--ks must be comma-separated positive integers such as 20,1,10,50, got '{text}'")
-    return ks
+    too_many = [k for k in ks if bank_size is not None and k > bank_size]
+    if too_many and text != default:
+        fitting = ",".join(str(k) for k in ks if k <= bank_size) or str(min(20, bank_size))
+        raise UserError(f"--ks {text}: k={','.join(map(str, too_many))} exceed{'s' if len(too_many) == 1 else ''} the "
+                        f"{bank_size} images of the train split searched; give --ks {fitting}")
+    return [k for k in ks if k not in too_many]
 
 
 def describe(inputs: EvalInputs) -> dict:
