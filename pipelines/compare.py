@@ -3,6 +3,7 @@
     python pipelines/compare.py                                   # embedded default: dlkd, seed, compress_1q, ssl_scratch x 3 seeds
     python pipelines/compare.py --methods dlkd,dlkd_align,dlkd_corr,kd,ckd --seeds 5 --epochs 20
     python pipelines/compare.py --methods dlkd,dlkd@rotations            # DLKD's four-rotation input vs two crops
+    python pipelines/compare.py --methods dlkd,dlkd@supcon               # DLKD's queue contrast vs the reference's SupCon
     python pipelines/compare.py --methods all --teacher moco_v2.pth --data imagefolder --data-root DIR
 
 Every (method, seed) run is a normal distillation run in OUT/<method>/seed<N>/ (resumable; a run
@@ -59,15 +60,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return split_teachers(parser.parse_intermixed_args(argv))
 
 
-VIEW_SUFFIX = "@"  # "dlkd@rotations": the method with data.views=rotations (DLKD's four-rotation input)
+VARIANT_MARK = "@"  # "dlkd@rotations", "dlkd@supcon@rotations": the method with these settings
+VARIANTS = {  # name -> (config key, value)
+    "crops": ("data.views", "crops"),
+    "rotations": ("data.views", "rotations"),  # DLKD's four-rotation input
+    "queue": ("loss.dlkd.contrast", "queue"),  # DLKD's contrast against the momentum queue (the default)
+    "supcon": ("loss.dlkd.contrast", "supcon"),  # the reference's label-free SupCon
+}
 
 
 def chosen_methods(text: str) -> list[str]:
     names = method_names() if text == "all" else [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name.partition(VIEW_SUFFIX)[0] not in method_names()
-               or name.partition(VIEW_SUFFIX)[2] not in ("", "crops", "rotations")]
+    unknown = [name for name in names if name.split(VARIANT_MARK)[0] not in method_names()
+               or any(variant not in VARIANTS for variant in name.split(VARIANT_MARK)[1:])]
     if unknown or not names:
-        raise UserError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(method_names())}, or all")
+        raise UserError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from: {', '.join(method_names())}, "
+                        f"or all; a variant after {VARIANT_MARK}: {', '.join(VARIANTS)}")
     return names
 
 
@@ -113,13 +121,19 @@ def compare(cfg: Config, methods: list[str], seeds: list[int]) -> dict:
 
 
 def seeded(cfg: Config, method: str, seed: int, out: Path) -> Config:
-    """The base config for one run: the method (`name@views` also sets data.views), the seed for data
-    order, augmentation and student init; with `train.teacher_cache`, the methods share `out/teacher_cache`."""
+    """The base config for one run: the method (`name@variant...` also sets each variant's key, `VARIANTS`),
+    the seed for data order, augmentation and student init; with `train.teacher_cache`, the methods share
+    `out/teacher_cache`."""
     run = copy.deepcopy(cfg)
-    name, _, views = method.partition(VIEW_SUFFIX)
+    name, *variants = method.split(VARIANT_MARK)
     run.loss.method, run.train.seed, run.student.init_seed = name, seed, seed
-    if views:
-        run.data.views = views
+    for variant in variants:
+        key, value = VARIANTS[variant]
+        *sections, field_name = key.split(".")
+        target = run
+        for section in sections:
+            target = getattr(target, section)
+        setattr(target, field_name, value)
     run.out = str(out / method / f"seed{seed}")
     if run.train.teacher_cache and not run.train.teacher_cache_dir:
         run.train.teacher_cache_dir = str(out / "teacher_cache")  # one cache per seed and view recipe, shared by the methods

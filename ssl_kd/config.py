@@ -76,7 +76,7 @@ class StudentConfig:
 
 @dataclass
 class KDConfig:  # Hinton et al. 2015 (RepDistiller CIFAR defaults)
-    temperature: float = 4.0
+    temperature: float = 4.0  # on real logits; on pseudo-logits the temperature is loss.pseudo_logit_temperature
     weight: float = 1.0
 
 
@@ -141,22 +141,33 @@ class FitNetConfig:  # Romero et al. 2015 (RepDistiller: hint at the middle stag
     hint_stage: int = 2  # index of the backbone stage whose feature map is the hint
 
 
+DLKD_CONTRASTS = ("queue", "supcon")
+
+
 @dataclass
-class LossConfig:
-    method: str = "dlkd"
-    # DLKD (ifding/DLKD; research/methods.md section 1): total = d*align + a*corr + b*contrast.
-    # Defaults measured on the embedded digits default (3 seeds: 98.2 +- 0.2 k-NN top-1 against 97.4 +- 0.2
-    # with the paper's ImageNet weights d=10, a=20, b=0.5 and a 4096 queue, which the ImageNet and CIFAR
-    # presets keep); README "Choosing DLKD's weights".
+class DLKDConfig:  # Ding et al. 2024, ifding/DLKD: total = d * align + a * corr + b * contrast (ssl_kd/losses/dlkd.py)
+    # d, a, b measured on the embedded digits default (README "Choosing DLKD's weights"); the paper's scripts use
+    # d=10 a=20 b=0.5 (scripts/run_imagenet_mlkd.sh) and d=20 a=50 b=1 (scripts/run_cifar_mlkd.sh): the presets
     align_weight: float = 1.0  # d
     corr_weight: float = 2.0  # a
     contrast_weight: float = 1.0  # b
-    corr_temperature: float = 0.5  # tau_c
-    contrast_temperature: float = 0.07  # tau
+    corr_temperature: float = 0.5  # tau_c (the reference's CorrLoss)
+    contrast_temperature: float = 0.07  # tau (the reference's SupConLoss)
+    # queue: InfoNCE against the momentum queue of teacher embeddings (this project's label-free variant);
+    # supcon: the reference's SupConLoss without labels (instance form, in-batch negatives, linear heads)
+    contrast: str = "queue"
+    supcon_dim: int = 128  # width of the supcon heads (the reference's feat_dim)
+
+
+@dataclass
+class LossConfig:
+    method: str = "dlkd"
+    dlkd: DLKDConfig = field(default_factory=DLKDConfig)
     # momentum queue of teacher embeddings (negatives; anchors of pseudo-logits); keep it below the number of
     # training images, or the queue holds the positive's own embedding as a negative
     queue_size: int = 1024
-    # logit methods with label-free teachers: logits = cos(embedding, queue anchors) / pseudo_logit_temperature
+    # logit methods with label-free teachers: logits = cos(embedding, queue anchors) / pseudo_logit_temperature,
+    # their one temperature (kd/stkd/dist.temperature apply to a supervised teacher's real logits only)
     pseudo_logit_temperature: float = 0.1
     kd: KDConfig = field(default_factory=KDConfig)
     ckd: CKDConfig = field(default_factory=CKDConfig)

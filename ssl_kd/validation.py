@@ -29,7 +29,7 @@ from typing import Any
 import timm
 import torch
 
-from .config import EvalConfig
+from .config import DLKD_CONTRASTS, EvalConfig
 from .errors import UserError
 
 log = logging.getLogger("ssl_kd")
@@ -185,6 +185,8 @@ def _check_loss(loss: Any) -> None:
         elif name == "weight" or name.endswith("_weight") or name in ("beta", "gamma"):
             _at_least(key, value, 0, "give 0 (term off) or more")
     _positive("loss.stkd.mixup_alpha", loss.stkd.mixup_alpha, "give mixup's Beta parameter, e.g. 1.0")
+    _choice("loss.dlkd.contrast", loss.dlkd.contrast, DLKD_CONTRASTS)
+    _at_least("loss.dlkd.supcon_dim", loss.dlkd.supcon_dim, 1, "give the width of the supcon heads, e.g. 128")
     _choice("loss.compress.queues", loss.compress.queues, (1, 2))
     for key, value in (("loss.compress.momentum", loss.compress.momentum), ("loss.crd.momentum", loss.crd.momentum)):
         if not 0 <= value <= 1:

@@ -58,7 +58,9 @@ def inputs(tmp_path_factory) -> Path:
     (root / "empty.pth").write_bytes(b"")
     import fractions
 
-    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "meta": fractions.Fraction(1, 3)}, root / "pickled.pth")
+    # its only "weight" is a pickled object: a teacher load reads foreign objects as inert stand-ins, and finds no tensor
+    torch.save({"state_dict": {"conv1.weight": fractions.Fraction(1, 3)}, "meta": fractions.Fraction(1, 3)},
+               root / "pickled.pth")
     (root / "bad.yaml").write_text("train:\n  epochs: [3\n")
     (root / "list.yaml").write_text("- train\n- data\n")
     (root / "afile").write_text("not a folder\n")
@@ -129,8 +131,9 @@ CATALOGUE = [
     pytest.param(["train.teacher_cache=-1"], ["train.teacher_cache=-1", "0 for no cache"], id="teacher-cache-negative"),
     pytest.param(["train.teacher_cache_dtype=bfloat16"], ["train.teacher_cache_dtype=bfloat16", "float16, float32"],
                  id="teacher-cache-dtype"),
-    pytest.param(["loss.contrast_temperature=0"], ["loss.contrast_temperature=0.0", "above 0"], id="temperature-zero"),
-    pytest.param(["loss.align_weight=-1"], ["loss.align_weight=-1.0", "negative", "term off"], id="loss-weight-negative"),
+    pytest.param(["loss.dlkd.contrast_temperature=0"], ["loss.dlkd.contrast_temperature=0.0", "above 0"], id="temperature-zero"),
+    pytest.param(["loss.dlkd.align_weight=-1"], ["loss.dlkd.align_weight=-1.0", "negative", "term off"], id="loss-weight-negative"),
+    pytest.param(["loss.dlkd.contrast=labels"], ["loss.dlkd.contrast=labels", "queue", "supcon"], id="dlkd-contrast-unknown"),
     pytest.param(["loss.compress.queues=3"], ["loss.compress.queues=3", "1, 2"], id="compress-queues"),
     pytest.param(["--out", "afile"], ["out=afile", "file of that name exists", "folder"], id="out-is-file"),
     pytest.param(["--out", "afile/run"], ["out=afile/run", "afile is a file"], id="out-under-file"),

@@ -40,15 +40,15 @@ def run_compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_compare_pipeline_tiny(tmp_path: Path) -> None:
-    args = ["--methods", "dlkd,ssl_scratch,dlkd@rotations", "--seeds", "2", "--epochs", "1", "--out", "cmp", "data.subset=48",
+    args = ["--methods", "dlkd,ssl_scratch,dlkd@supcon@rotations", "--seeds", "2", "--epochs", "1", "--out", "cmp", "data.subset=48",
             "train.batch_size=16", "data.num_workers=0", "loss.queue_size=32", "eval.linear_probe=false", "eval.knn_ks=[1,20]"]
     result = run_compare(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     out = tmp_path / "cmp"
     report = json.loads((out / "compare.json").read_text())
-    assert list(report["table"]) == ["teacher", "dlkd", "ssl_scratch", "dlkd@rotations", "random-init student", "raw pixels"]
-    rotated = torch.load(out / "dlkd@rotations" / "seed0" / "checkpoints" / "last.pt", weights_only=True)["config"]
-    assert (rotated["loss"]["method"], rotated["data"]["views"]) == ("dlkd", "rotations")
+    assert list(report["table"]) == ["teacher", "dlkd", "ssl_scratch", "dlkd@supcon@rotations", "random-init student", "raw pixels"]
+    variant = torch.load(out / "dlkd@supcon@rotations" / "seed0" / "checkpoints" / "last.pt", weights_only=True)["config"]
+    assert (variant["loss"]["method"], variant["loss"]["dlkd"]["contrast"], variant["data"]["views"]) == ("dlkd", "supcon", "rotations")
     runs = [json.loads((out / "dlkd" / f"seed{s}" / "result.json").read_text())["knn_top1"] for s in (0, 1)]
     assert report["table"]["dlkd"]["knn_top1"]["mean"] == pytest.approx(sum(runs) / 2)
     assert (out / "compare.png").stat().st_size > 0 and "| ssl_scratch |" in (out / "compare.md").read_text()

@@ -22,7 +22,7 @@ def test_defaults_are_the_dataclass_defaults():
     assert isinstance(cfg, Config)
     assert cfg == Config()
     assert isinstance(cfg.train, TrainConfig) and isinstance(cfg.loss, LossConfig)
-    assert cfg.loss.method == "dlkd" and cfg.loss.align_weight == 1.0
+    assert cfg.loss.method == "dlkd" and cfg.loss.dlkd.align_weight == 1.0
     assert cfg.eval.knn_ks == [1, 10, 20, 50, 200]
     pretrain = load_config(schema=PretrainConfig)
     assert isinstance(pretrain, PretrainConfig) and pretrain == PretrainConfig()
@@ -72,7 +72,7 @@ def test_unknown_key_in_a_file_names_it(tmp_path):
     assert "run.yaml" in str(err.value)
 
 
-@pytest.mark.parametrize("override", ["train.epochs=abc", "data.image_size=1.5", "train.resume=maybe", "loss.align_weight=x"])
+@pytest.mark.parametrize("override", ["train.epochs=abc", "data.image_size=1.5", "train.resume=maybe", "loss.dlkd.align_weight=x"])
 def test_wrong_type_is_a_user_error(override):
     with pytest.raises(UserError) as err:
         load_config(None, [override])
@@ -113,12 +113,15 @@ def test_every_shipped_config_loads(path):
     schema = PretrainConfig if "arch" in top else Config
     cfg = load_config(str(path), schema=schema)
     assert isinstance(cfg, schema)
-    for section, values in top.items():  # every value in the file made it into the config
-        if isinstance(values, dict):
-            for key, value in values.items():
-                assert getattr(getattr(cfg, section), key) == value, f"{section}.{key}"
+    _assert_in(top, to_dict(cfg), "")  # every value in the file, at any depth, made it into the config
+
+
+def _assert_in(values: dict, loaded: dict, where: str) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _assert_in(value, loaded[key], f"{where}{key}.")
         else:
-            assert getattr(cfg, section) == values, section
+            assert loaded[key] == value, f"{where}{key}"
 
 
 def test_there_are_configs_to_check():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_kd.config import LossConfig
+from ssl_kd.config import DLKDConfig, LossConfig
 from ssl_kd.embeddings import Embeddings
 from ssl_kd.errors import UserError
 from ssl_kd.losses.base import StepContext
@@ -201,7 +201,8 @@ def _embeddings(gen, views=2, b=4, d_s=6, d_t=5, requires_grad=False):
 def test_total_is_the_weighted_sum_of_the_parts():
     gen = torch.Generator().manual_seed(6)
     torch.manual_seed(0)
-    method = DLKD(6, align_weight=3.0, corr_weight=5.0, contrast_weight=7.0, corr_temperature=0.4, contrast_temperature=0.1)
+    method = DLKD(MethodDims(6, 5), DLKDConfig(align_weight=3.0, corr_weight=5.0, contrast_weight=7.0, corr_temperature=0.4,
+                                             contrast_temperature=0.1))
     student, teacher = _embeddings(gen)
     queue = F.normalize(torch.randn(10, 5, generator=gen), dim=1)
     out = method(student, teacher, queue, StepContext(num_views=2))
@@ -224,7 +225,7 @@ def test_a_zero_weight_removes_its_term(off):
     torch.manual_seed(0)
     weights = {"align": 2.0, "corr": 3.0, "contrast": 4.0}
     weights[off] = 0.0
-    method = DLKD(6, align_weight=weights["align"], corr_weight=weights["corr"], contrast_weight=weights["contrast"])
+    method = DLKD(MethodDims(6, 5), DLKDConfig(align_weight=weights["align"], corr_weight=weights["corr"], contrast_weight=weights["contrast"]))
     student, teacher = _embeddings(gen)
     queue = F.normalize(torch.randn(10, 5, generator=gen), dim=1)
     out = method(student, teacher, queue, StepContext(num_views=2))
@@ -239,7 +240,7 @@ def test_a_zero_weight_removes_its_term(off):
 def test_gradients_reach_the_student_and_the_head_never_the_teacher():
     gen = torch.Generator().manual_seed(8)
     torch.manual_seed(0)
-    method = DLKD(6)
+    method = DLKD(MethodDims(6, 5), DLKDConfig())
     student, teacher = _embeddings(gen, requires_grad=True)
     queue = F.normalize(torch.randn(10, 5, generator=gen), dim=1).requires_grad_()
     method(student, teacher, queue, StepContext(num_views=2))["loss"].backward()
@@ -251,19 +252,46 @@ def test_gradients_reach_the_student_and_the_head_never_the_teacher():
     assert teacher.emb.grad is None
 
 
-def test_from_config_and_build_method_use_the_config():
-    cfg = LossConfig(align_weight=1.5, corr_weight=2.5, contrast_weight=3.5, corr_temperature=0.3, contrast_temperature=0.2)
-    for method in (DLKD.from_config(cfg, MethodDims(6, 5)), build_method(cfg, MethodDims(6, 5))):
-        assert isinstance(method, DLKD)
-        assert (method.align_weight, method.corr_weight, method.contrast_weight) == (1.5, 2.5, 3.5)
-        assert (method.corr_temperature, method.contrast_temperature) == (0.3, 0.2)
-        assert method.corr_head[0].in_features == 6 and method.corr_head[-1].out_features == 6
-    defaults = DLKD.from_config(LossConfig(), MethodDims(6, 5))
-    assert (defaults.align_weight, defaults.corr_weight, defaults.contrast_weight) == (1.0, 2.0, 1.0)
-    assert (defaults.corr_temperature, defaults.contrast_temperature) == (0.5, 0.07)
+def test_build_method_uses_the_dlkd_section_of_the_config():
+    settings = DLKDConfig(align_weight=1.5, corr_weight=2.5, contrast_weight=3.5, corr_temperature=0.3, contrast_temperature=0.2)
+    method = build_method(LossConfig(dlkd=settings), MethodDims(6, 5))
+    assert isinstance(method, DLKD) and method.settings == settings and method.needs_queue
+    assert method.corr_head[0].in_features == 6 and method.corr_head[-1].out_features == 6
+    ablation = build_method(LossConfig(method="dlkd_corr", dlkd=settings), MethodDims(6, 5))
+    assert (ablation.settings.align_weight, ablation.settings.corr_weight, ablation.settings.contrast_weight) == (0.0, 2.5, 0.0)
+    assert settings.align_weight == 1.5  # the ablation copied the section, never changed it
+    supcon = build_method(LossConfig(dlkd=DLKDConfig(contrast="supcon", supcon_dim=16)), MethodDims(6, 5))
+    assert not supcon.needs_queue and supcon.supcon_heads.student.weight.shape == (16, 6)
+    assert supcon.supcon_heads.teacher.weight.shape == (16, 5)
 
 
 def test_build_method_rejects_an_unknown_name():
     with pytest.raises(UserError, match="dlkd") as err:
         build_method(LossConfig(method="nope"), MethodDims(6, 5))
     assert "nope" in str(err.value)
+
+
+def test_supcon_contrast_trains_both_heads_and_the_student_never_the_teacher():
+    gen = torch.Generator().manual_seed(9)
+    torch.manual_seed(0)
+    method = DLKD(MethodDims(6, 5), DLKDConfig(contrast="supcon", supcon_dim=8, align_weight=0.0, corr_weight=0.0))
+    student, teacher = _embeddings(gen, requires_grad=True)
+    out = method(student, teacher, None, StepContext(num_views=2))  # no queue: in-batch negatives only
+    out["loss"].backward()
+    assert set(out) == {"loss", "contrast"} and out["contrast"].item() > 0
+    assert student.feat.grad is not None and student.feat.grad.abs().sum() > 0
+    for head in (method.supcon_heads.student, method.supcon_heads.teacher):
+        assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    assert teacher.feat.grad is None and teacher.emb.grad is None
+
+
+def test_supcon_contrast_does_not_depend_on_the_order_of_the_images():
+    gen = torch.Generator().manual_seed(10)
+    torch.manual_seed(0)
+    method = DLKD(MethodDims(6, 5), DLKDConfig(contrast="supcon", align_weight=0.0, corr_weight=0.0))
+    student, teacher = _embeddings(gen)
+    perm = torch.randperm(student.feat.shape[0], generator=gen)
+    permuted_s = Embeddings(feat=student.feat[perm], emb=student.emb[perm])
+    permuted_t = Embeddings(feat=teacher.feat[perm], emb=teacher.emb[perm])
+    ctx = StepContext(num_views=2)
+    torch.testing.assert_close(method(student, teacher, None, ctx)["contrast"], method(permuted_s, permuted_t, None, ctx)["contrast"])

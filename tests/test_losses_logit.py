@@ -277,12 +277,12 @@ def test_totals_are_the_weighted_parts():
     queue = F.normalize(torch.randn(8, 4, generator=gen), dim=1)
     ctx, dims = StepContext(num_views=2), MethodDims(5, 4)
     s, t = pseudo_logits(student.emb, queue, 0.2), pseudo_logits(teacher.emb, queue, 0.2)
-    cases = [
-        (KD(dims, temperature=3.0, weight=0.5, pseudo_temperature=0.2), {"kd": kd_loss(s, t, 3.0)}, lambda p: 0.5 * p["kd"]),
+    cases = [  # on pseudo-logits tau = 1 whatever the method's temperature: the one temperature is t_p
+        (KD(dims, temperature=3.0, weight=0.5, pseudo_temperature=0.2), {"kd": kd_loss(s, t, 1.0)}, lambda p: 0.5 * p["kd"]),
         (CKD(dims, temperature=0.7, weight=4.0, pseudo_temperature=0.2), {"ckd": ckd_loss_per_view(s, t, 2, 0.7)}, lambda p: 4.0 * p["ckd"]),
-        (STKD(dims, temperature=2.0, weight=3.0, pseudo_temperature=0.2), {"kd": kd_loss(s, t, 2.0)}, lambda p: 3.0 * p["kd"]),
+        (STKD(dims, temperature=2.0, weight=3.0, pseudo_temperature=0.2), {"kd": kd_loss(s, t, 1.0)}, lambda p: 3.0 * p["kd"]),
         (DIST(dims, temperature=2.0, beta=1.5, gamma=2.5, pseudo_temperature=0.2),
-         dict(zip(("inter", "intra"), dist_terms(s, t, 2.0))), lambda p: 4.0 * (1.5 * p["inter"] + 2.5 * p["intra"])),
+         dict(zip(("inter", "intra"), dist_terms(s, t, 1.0))), lambda p: 1.5 * p["inter"] + 2.5 * p["intra"]),
     ]
     for method, parts, total in cases:
         out = method(student, teacher, queue, ctx)
@@ -368,3 +368,23 @@ def test_ckd_on_pseudo_logits_does_not_depend_on_their_temperature():
     queue = F.normalize(torch.randn(8, 4, generator=gen), dim=1)
     losses = [CKD(MethodDims(5, 4), pseudo_temperature=t)(student, teacher, queue, StepContext(2))["ckd"].item() for t in (0.05, 0.1, 1.0)]
     assert losses == pytest.approx([losses[0]] * 3, rel=1e-5)
+
+
+def test_kd_on_pseudo_logits_has_one_temperature_and_on_real_logits_its_own():
+    """softmax(cos / t_p), by hand: KD's tau = 4 does not stack on t_p = 0.1 (which would be cos / 0.4)."""
+    gen = torch.Generator().manual_seed(3)
+    student, teacher = _embeddings(gen)
+    queue = F.normalize(torch.randn(8, 4, generator=gen), dim=1)
+    cos_s, cos_t = F.normalize(student.emb, dim=1) @ queue.T, F.normalize(teacher.emb, dim=1) @ queue.T
+    p_t, p_s = torch.softmax(cos_t / 0.1, dim=1), torch.softmax(cos_s / 0.1, dim=1)
+    by_hand = (p_t * (p_t.log() - p_s.log())).sum(dim=1).mean()
+    for tau in (1.0, 4.0):
+        out = KD(MethodDims(5, 4), temperature=tau, pseudo_temperature=0.1)(student, teacher, queue, StepContext(2))
+        assert out["kd"].item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+    student, teacher = _embeddings(gen, num_classes=3)
+    method = KD(MethodDims(5, 4, num_classes=3), temperature=4.0)
+    z_s, z_t = method.head(student.feat), teacher.logits
+    q_t, q_s = torch.softmax(z_t / 4.0, dim=1), torch.softmax(z_s / 4.0, dim=1)
+    by_hand = 16.0 * (q_t * (q_t.log() - q_s.log())).sum(dim=1).mean()
+    assert method(student, teacher, None, StepContext(2))["kd"].item() == pytest.approx(by_hand.item(), rel=1e-5)

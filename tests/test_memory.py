@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ssl_kd.losses.memory import MemoryBank, MomentumStudent
@@ -47,16 +48,13 @@ def test_memory_bank_negatives_are_uniform_over_the_other_rows():
 
 def _tiny_net(seed):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2))
 
 
-def test_momentum_student_ema_math_and_no_trainable_parameters():
+def test_momentum_student_averages_parameters_only_and_takes_no_gradient():
     online = _tiny_net(0)
     ema = MomentumStudent(online)
     assert all(not p.requires_grad for p in ema.parameters())
-    assert not [p for p in ema.parameters() if p.requires_grad]  # the optimizer gets nothing from it
-    ema.train()
-    assert not ema.training and not ema.module.training  # stays in eval mode
     start = {k: v.clone() for k, v in ema.module.state_dict().items()}
 
     with torch.no_grad():  # move the online net: parameters and BatchNorm statistics
@@ -66,16 +64,35 @@ def test_momentum_student_ema_math_and_no_trainable_parameters():
     new = online.state_dict()
 
     ema.update(online, 1.0)  # m = 1 keeps the copy
-    assert all(torch.equal(ema.module.state_dict()[k], start[k]) for k in start if not k.endswith("num_batches_tracked"))
+    assert all(torch.equal(ema.module.state_dict()[k], start[k]) for k in start)
     ema.update(online, 0.9)
+    parameters = dict(online.named_parameters())
     for k, old in start.items():
-        expected = new[k] if not old.is_floating_point() else 0.9 * old + 0.1 * new[k]
+        expected = 0.9 * old + 0.1 * new[k] if k in parameters else old  # buffers stay the copy's own
         assert torch.allclose(ema.module.state_dict()[k], expected, atol=1e-6), k
-    ema.update(online, 0.0)  # m = 0 copies
-    assert all(torch.allclose(ema.module.state_dict()[k].float(), new[k].float()) for k in new)
+    ema.update(online, 0.0)  # m = 0 copies the parameters
+    assert all(torch.equal(ema.module.state_dict()[k], new[k]) for k in parameters)
+    assert not ema(torch.randn(5, 3, requires_grad=True)).requires_grad
 
-    x = torch.randn(5, 3, requires_grad=True)
+
+def test_momentum_student_trains_batchnorm_on_the_batch_and_nothing_else_as_compress_does():
+    """CompRess train_student.py: `student_key.eval()`, then every BatchNorm back to `.train()`."""
+    online = _tiny_net(0)
+    ema = MomentumStudent(online)
+    ema.train()
+    batchnorm, dropout = ema.module[1], ema.module[3]
+    assert ema.training and batchnorm.training and not dropout.training and not ema.module[0].training
+    x = torch.randn(16, 3)
+    before = batchnorm.running_mean.clone()
     out = ema(x)
-    assert not out.requires_grad
+    hidden = F.relu(F.batch_norm(online[0](x), None, None, online[1].weight, online[1].bias, training=True))
+    assert torch.allclose(out, online[4](hidden), atol=1e-6)  # batch statistics, no dropout
+    assert torch.allclose(batchnorm.running_mean, 0.9 * before + 0.1 * online[0](x).mean(0).detach(), atol=1e-6)
+
+    ema.eval()
+    assert not batchnorm.training
     online.eval()
-    assert torch.allclose(out, online(x).detach(), atol=1e-6)  # eval-mode copy of the online net
+    with torch.no_grad():
+        online[1].running_mean.copy_(batchnorm.running_mean)
+        online[1].running_var.copy_(batchnorm.running_var)
+    assert torch.allclose(ema(x), online(x), atol=1e-6)  # eval: its own running statistics

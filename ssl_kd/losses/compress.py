@@ -19,7 +19,9 @@ are empty (the first step).
 
 2q bookkeeping: `after_step` embeds `ctx.images` (the V*B rows the teacher saw, in the same order)
 with the momentum student, enqueues the normalized embeddings into A^S, then EMA-updates the
-momentum student. The shared teacher queue gets the teacher's V*B rows at the same step, so a^S_j
+momentum student's parameters. As in the reference (train_student.py: `student_key.eval()`, then
+`set_bn_train`), its BatchNorm layers normalize with the current batch's statistics while the run
+trains and keep their own running statistics, which the EMA leaves alone (`memory.MomentumStudent`). The shared teacher queue gets the teacher's V*B rows at the same step, so a^S_j
 and a^T_j are always the same image and view. The momentum student and A^S are submodules, hence
 checkpointed and resumed with the run.
 

@@ -21,7 +21,8 @@ relations, not its exact probabilities (the paper's point for stronger teachers)
 is detached. Several processes: L_intra (each class's column over the batch) is over the GLOBAL
 batch, its Y rows gathered from every process with gradients; L_inter is per row (local).
 Defaults (config `loss.dist`): tau = 1, beta = gamma = 2 (the ImageNet configs: the
-loss's beta = gamma = 1 times kd_loss_weight 2; their cross-entropy on labels is dropped).
+loss's beta = gamma = 1 times kd_loss_weight 2; their cross-entropy on labels is dropped). tau applies
+to real logits; on pseudo-logits tau = 1, their one temperature being t_p (`logits.py`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class DIST(LogitMethod):
 
     def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
         student_logits, teacher_logits = self.logits(student, teacher, queue)
-        inter, intra = dist_terms(student_logits, teacher_logits, self.temperature)
-        total = self.temperature**2 * (self.beta * inter + self.gamma * intra)
+        tau = self.class_temperature(self.temperature)
+        inter, intra = dist_terms(student_logits, teacher_logits, tau)
+        total = tau**2 * (self.beta * inter + self.gamma * intra)
         return {"loss": total, "inter": inter.detach(), "intra": intra.detach()}
 
 

@@ -19,13 +19,24 @@ Correlation (the batch's similarity structure; teacher detached):
 Each view is matched by its similarity distribution over the anchors, so images the teacher keeps
 close (same class) stay close in the student, rather than being pushed apart as negatives.
 
-Contrast with the momentum queue (the paper's SupCon term without labels: its instance version).
-With s_i = n(h_A(f^S_i)), t_i = n(f^T_i) of the same view:
-    L_contrast = -(1/(V*B)) sum_i log( exp(<s_i, t_i>/tau) / (exp(<s_i, t_i>/tau) + sum_k exp(<s_i, Q_k>/tau)) ),
-    tau = 0.07
+The third term, `loss.dlkd.contrast`:
+- `queue` (default): this project's label-free variant, an InfoNCE against the momentum queue of teacher
+  embeddings. With s_i = n(h_A(f^S_i)), t_i = n(f^T_i) of the same view:
+    L_contrast = -(1/(V*B)) sum_i log( exp(<s_i, t_i>/tau) / (exp(<s_i, t_i>/tau) + sum_k exp(<s_i, Q_k>/tau)) )
+- `supcon`: the reference's term without labels: ifding/DLKD's `SupConLoss` (SupCon, Khosla et al.
+  2020) as it computes with labels=None, its instance form (the reference trains with class labels,
+  which label-free distillation does not have): trainable linear heads g_S: D_S -> 128 and
+  g_T: D_T -> 128 (its `Embed`), z^S_i = n(g_S(f^S_i)), z^T_i = n(g_T(f^T_i)) for the N = V*B rows; the
+  2N rows A = [z^S; z^T] are all anchors, the positive of z^S_i is z^T_i and back, every other row of A
+  is a negative (in-batch only, no queue):
+    l_ab = <A_a, A_b> / tau - max_b' <A_a, A_b'> / tau
+    L_contrast = -(tau / tau_0) (1/2N) sum_a [ l_{a,p(a)} - log( sum_{b != a} exp(l_ab) + 1e-7 ) ],  tau_0 = 0.07
+  (the max shift and the 1e-7 are the reference's). Under torchrun the rows are this process's.
 
-Total: L = d * L_align + a * L_corr + b * L_contrast; defaults d = 10, a = 20, b = 0.5 (the paper's
-ImageNet script, without its cross-entropy on labels). A weight of 0 switches a term off (ablation).
+Total: L = d * L_align + a * L_corr + b * L_contrast. The weights and temperatures live in
+`loss.dlkd` (`ssl_kd.config.DLKDConfig`, which says where its defaults come from); the paper's scripts
+use d = 10, a = 20, b = 0.5 (ImageNet) and d = 20, a = 50, b = 1 (CIFAR), the presets in configs/.
+A weight of 0 switches its term off (ablation).
 
 Several processes (torchrun): the correlation's anchors N are the view-0 rows of the GLOBAL batch
 (gathered from every process, with gradients), so each view is matched by its distribution over all
@@ -36,10 +47,14 @@ queue holds every process's teacher rows.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..config import LossConfig
+from ..config import DLKD_CONTRASTS as CONTRASTS
+from ..config import DLKDConfig, LossConfig
 from ..embeddings import Embeddings
 from ..parallel import gather_rows
 from ..students import mlp_head
@@ -76,54 +91,79 @@ def queue_contrast_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor, qu
     return F.cross_entropy(logits / temperature, target)
 
 
-class DLKD(DistillMethod):
-    needs_queue = True
+SUPCON_BASE_TEMPERATURE = 0.07  # tau_0 of the reference's SupConLoss
+SUPCON_EPS = 1e-7  # inside the reference's log of the denominator
 
-    def __init__(
-        self,
-        student_dim: int,
-        *,
-        align_weight: float = 10.0,
-        corr_weight: float = 20.0,
-        contrast_weight: float = 0.5,
-        corr_temperature: float = 0.5,
-        contrast_temperature: float = 0.07,
-    ):
+
+def supcon_instance_loss(student_z: torch.Tensor, teacher_z: torch.Tensor, temperature: float,
+                         base_temperature: float = SUPCON_BASE_TEMPERATURE) -> torch.Tensor:
+    """SupCon without labels over A = [student_z; teacher_z] (rows L2-normalized, [N, d] each): row i's
+    positive is row i of the other network, every other row a negative, averaged over all 2N anchors."""
+    rows = torch.cat([student_z, teacher_z])
+    n = student_z.shape[0]
+    logits = rows @ rows.T / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    others = ~torch.eye(2 * n, dtype=torch.bool, device=rows.device)
+    log_denominator = torch.log((logits.exp() * others).sum(dim=1) + SUPCON_EPS)
+    partner = torch.arange(2 * n, device=rows.device).roll(n)  # i <-> i + N
+    log_prob = logits.gather(1, partner[:, None]).squeeze(1) - log_denominator
+    return -(temperature / base_temperature) * log_prob.mean()
+
+
+class SupConHeads(nn.Module):
+    """The reference's `Embed` pair: a linear map to `dim` per network, then L2 normalization."""
+
+    def __init__(self, student_dim: int, teacher_dim: int, dim: int):
         super().__init__()
-        self.align_weight, self.corr_weight, self.contrast_weight = align_weight, corr_weight, contrast_weight
-        self.corr_temperature, self.contrast_temperature = corr_temperature, contrast_temperature
-        self.corr_head = mlp_head(student_dim, student_dim, student_dim)  # h_C
+        self.student, self.teacher = nn.Linear(student_dim, dim), nn.Linear(teacher_dim, dim)
 
-    @classmethod
-    def from_config(cls, cfg: LossConfig, dims: MethodDims, **weights: float) -> "DLKD":
-        """The method from the config; `weights` override align/corr/contrast weights (ablations)."""
-        options = dict(align_weight=cfg.align_weight, corr_weight=cfg.corr_weight, contrast_weight=cfg.contrast_weight)
-        options.update(weights)
-        return cls(dims.student_dim, corr_temperature=cfg.corr_temperature, contrast_temperature=cfg.contrast_temperature, **options)
+    def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.normalize(self.student(student_feat), dim=1), F.normalize(self.teacher(teacher_feat.detach()), dim=1)
+
+
+class DLKD(DistillMethod):
+    def __init__(self, dims: MethodDims, settings: DLKDConfig):
+        super().__init__()
+        if settings.contrast not in CONTRASTS:
+            raise ValueError(f"loss.dlkd.contrast must be one of {', '.join(CONTRASTS)}, got {settings.contrast!r}")
+        self.settings = settings
+        self.needs_queue = settings.contrast == "queue"
+        self.corr_head = mlp_head(dims.student_dim, dims.student_dim, dims.student_dim)  # h_C
+        self.supcon_heads = SupConHeads(dims.student_dim, dims.teacher_dim, settings.supcon_dim) if settings.contrast == "supcon" else None
 
     def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
+        w = self.settings
         terms = {
-            "align": (self.align_weight, lambda: alignment_loss(student.emb, teacher.emb)),
-            "corr": (self.corr_weight, lambda: correlation_loss(self.corr_head(student.feat), teacher.feat, ctx.num_views, self.corr_temperature)),
-            "contrast": (self.contrast_weight, lambda: queue_contrast_loss(student.emb, teacher.emb, queue, self.contrast_temperature)),
+            "align": (w.align_weight, lambda: alignment_loss(student.emb, teacher.emb)),
+            "corr": (w.corr_weight, lambda: correlation_loss(self.corr_head(student.feat), teacher.feat, ctx.num_views, w.corr_temperature)),
+            "contrast": (w.contrast_weight, lambda: self._contrast(student, teacher, queue)),
         }
         parts = {name: term() for name, (weight, term) in terms.items() if weight != 0}  # a 0 weight is an ablation
         total = sum(terms[name][0] * value for name, value in parts.items())
         return {"loss": total, **{name: value.detach() for name, value in parts.items()}}
 
+    def _contrast(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None) -> torch.Tensor:
+        if self.supcon_heads is None:
+            return queue_contrast_loss(student.emb, teacher.emb, queue, self.settings.contrast_temperature)
+        return supcon_instance_loss(*self.supcon_heads(student.feat, teacher.feat), self.settings.contrast_temperature)
+
+
+def _with_weights(cfg: LossConfig, **weights: float) -> DLKDConfig:
+    return replace(cfg.dlkd, **weights)
+
 
 @register_method("dlkd")
 def _dlkd(cfg: LossConfig, dims: MethodDims) -> DLKD:
-    return DLKD.from_config(cfg, dims)
+    return DLKD(dims, cfg.dlkd)
 
 
 @register_method("dlkd_align")
 def _dlkd_align_only(cfg: LossConfig, dims: MethodDims) -> DLKD:
     """Ablation: the alignment term alone."""
-    return DLKD.from_config(cfg, dims, corr_weight=0.0, contrast_weight=0.0)
+    return DLKD(dims, _with_weights(cfg, corr_weight=0.0, contrast_weight=0.0))
 
 
 @register_method("dlkd_corr")
 def _dlkd_corr_only(cfg: LossConfig, dims: MethodDims) -> DLKD:
     """Ablation: the correlation term alone."""
-    return DLKD.from_config(cfg, dims, align_weight=0.0, contrast_weight=0.0)
+    return DLKD(dims, _with_weights(cfg, align_weight=0.0, contrast_weight=0.0))

@@ -13,7 +13,9 @@ Symbols. N = V*B rows (every view of every image is a sample); z^T, z^S teacher/
 
 tau^2 keeps the soft-target gradients' size comparable across temperatures. Defaults (config
 `loss.kd`): tau = 4, w = 1 (RepDistiller's CIFAR tau; there the total is 0.1 CE + 0.9 KD, but we
-have no labels). The teacher side is detached.
+have no labels). tau applies to a supervised teacher's real logits; on pseudo-logits (z = cos / t_p)
+tau = 1, so the one temperature there is t_p = `loss.pseudo_logit_temperature` (0.1):
+L_KD = (1/N) sum_i KL(softmax(cos^T_i / t_p) || softmax(cos^S_i / t_p)). The teacher side is detached.
 
 Several processes: per row (local); the pseudo-logits' anchors (the queue) are identical on every
 process.
@@ -46,7 +48,7 @@ class KD(LogitMethod):
 
     def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
         student_logits, teacher_logits = self.logits(student, teacher, queue)
-        kd = kd_loss(student_logits, teacher_logits, self.temperature)
+        kd = kd_loss(student_logits, teacher_logits, self.class_temperature(self.temperature))
         return {"loss": self.weight * kd, "kd": kd.detach()}
 
 

@@ -21,9 +21,12 @@ distribution over the anchors that of the class distribution; teacher and studen
 anchors, so their distributions are comparable entry by entry, and any logit loss applies. Matching
 such similarity distributions over a queue of teacher embeddings is the idea of SEED (Fang et al.,
 ICLR 2021) and CompRess (Abbasi Koohpayegani et al., NeurIPS 2020); research/methods.md s.5.1-5.2.
-Logit methods on label-free teachers therefore declare `needs_queue`. t_p composes with each
-method's own temperature tau: KD, STKD and DIST see softmax(cos / (t_p * tau)); CKD L2-normalizes
-the logits, so t_p cancels there.
+Logit methods on label-free teachers therefore declare `needs_queue`. t_p is the ONE temperature
+of the similarity distributions: KD, STKD and DIST take their own tau (`loss.kd.temperature`, ...)
+on real logits only, and tau = 1 on pseudo-logits (`LogitMethod.class_temperature`), so they see
+softmax(cos / t_p), t_p = 0.1 by default, in the range of SEED's and CompRess's 0.04-0.2 (stacking
+t_p = 0.1 with KD's tau = 4 gave softmax(cos / 0.4), far softer). CKD L2-normalizes the logits, so
+t_p cancels there.
 
 First step: the queue is still empty (None or 0 rows); the anchors are then the current batch's own
 normalized teacher embeddings (K = N rows; the global batch's, gathered, under several processes), so
@@ -100,3 +103,8 @@ class LogitMethod(DistillMethod):
 
     def logits(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         return method_logits(student, teacher, queue, temperature=self.pseudo_temperature, head=self.head)
+
+    def class_temperature(self, temperature: float) -> float:
+        """The tau of the method's softmax over its logits: `temperature` on a supervised teacher's real logits,
+        1 on pseudo-logits (already divided by t_p, their one temperature)."""
+        return temperature if self.head is not None else 1.0

@@ -10,12 +10,13 @@ crd/memory.py). One row per training image, i in [0, N):
 mu = 0.5 in CRD; mu = 0 overwrites the row. Rows start as random unit vectors. Negatives are drawn
 uniformly with replacement from the other N - 1 rows (never the positive itself).
 
-MomentumStudent (an exponential moving average of the student's weights, as MoCo's key encoder and
-CompRess-2q's momentum student):
-    theta_ema <- m * theta_ema + (1 - m) * theta          for every parameter and float buffer
-m = 0 copies the student, m = 1 keeps the copy. The copy never takes gradients, is in eval mode
-whatever `.train()` is called with (its BatchNorm uses the averaged running statistics), and runs
-under no_grad.
+MomentumStudent (an exponential moving average of the student's parameters, as CompRess-2q's
+momentum student, train_student.py: `moment_update` and `set_bn_train`):
+    theta_ema <- m * theta_ema + (1 - m) * theta          for every parameter
+m = 0 copies the student, m = 1 keeps the copy. The copy never takes gradients and runs under
+no_grad. While the run trains, its BatchNorm layers are in train mode (each forward normalizes with
+the current batch's statistics and updates the copy's own running statistics, which are never
+averaged) and everything else is in eval mode (no dropout); in eval mode it is all eval.
 
 A FIFO of embeddings in arrival order (CompRess-2q's bank of momentum-student embeddings) is
 `ssl_kd.queue.MomentumQueue`: the same ring buffer as the shared teacher queue, so two queues fed the
@@ -76,7 +77,8 @@ class MemoryBank(nn.Module):
 
 
 class MomentumStudent(nn.Module):
-    """An exponential moving average copy of a module: frozen, always in eval mode, no autograd."""
+    """An exponential moving average copy of a module's parameters: frozen, no autograd; while training,
+    BatchNorm on batch statistics and the rest in eval mode (CompRess-2q's `student_key`)."""
 
     def __init__(self, online: nn.Module):
         super().__init__()
@@ -84,26 +86,29 @@ class MomentumStudent(nn.Module):
         for p in self.module.parameters():
             p.requires_grad_(False)
             p.grad = None
-        self.module.eval()
+        self.train(online.training)
 
     def train(self, mode: bool = True) -> MomentumStudent:
-        """Always eval mode: the copy's BatchNorm statistics change only through `update`."""
-        return super().train(False)
+        """Eval mode throughout, except BatchNorm layers while training (the reference's `student_key.eval()`
+        followed by `.train()` on every BatchNorm)."""
+        super().train(False)
+        self.training = mode
+        if mode:
+            for layer in self.module.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.train()
+        return self
 
     @torch.no_grad()
     def update(self, online: nn.Module, momentum: float) -> None:
-        """theta_ema <- momentum * theta_ema + (1 - momentum) * theta (parameters and float buffers;
-        integer buffers such as BatchNorm's batch counter are copied)."""
-        mine = dict(self.module.named_parameters()) | dict(self.module.named_buffers())
-        theirs = dict(online.named_parameters()) | dict(online.named_buffers())
+        """theta_ema <- momentum * theta_ema + (1 - momentum) * theta over the parameters; buffers (BatchNorm's
+        running statistics) stay the copy's own."""
+        mine, theirs = dict(self.module.named_parameters()), dict(online.named_parameters())
         if mine.keys() != theirs.keys():
             raise ValueError("the momentum copy and the online module have different parameters")
-        floats = [name for name, ema in mine.items() if ema.is_floating_point()]
-        if floats:  # one fused lerp over all tensors: ema + (1 - m) * (theta - ema)
-            torch._foreach_lerp_([mine[n] for n in floats], [theirs[n].detach().to(mine[n].dtype) for n in floats], 1.0 - momentum)
-        for name, ema in mine.items():
-            if not ema.is_floating_point():
-                ema.copy_(theirs[name].detach())
+        names = list(mine)
+        if names:  # one fused lerp over all tensors: ema + (1 - m) * (theta - ema)
+            torch._foreach_lerp_([mine[n] for n in names], [theirs[n].detach().to(mine[n].dtype) for n in names], 1.0 - momentum)
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):

@@ -23,7 +23,8 @@ its natural stand-in, a soft-target CE of the student on the teacher's mixed pre
 KL term up to the teacher's entropy (a constant for the student), so it would only re-weight the KL:
 KL only, for every teacher. The momentum queue (pseudo-logit anchors) receives the teacher's
 embeddings of the mixed images, the only ones this step computes. Defaults (config `loss.stkd`,
-guesses: the paper's values are unknown): tau = 4, alpha = 1, w = 1.
+guesses: the paper's values are unknown): tau = 4, alpha = 1, w = 1; as in KD, tau applies to real
+logits, and on pseudo-logits tau = 1 (the one temperature is t_p: `logits.py`).
 
 Several processes: the mixup partner pi(i) is drawn within this process's batch (local), as the
 logit loss is per row; lam is drawn per process.
@@ -69,7 +70,7 @@ class STKD(LogitMethod):
 
     def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
         student_logits, teacher_logits = self.logits(student, teacher, queue)
-        kd = kd_loss(student_logits, teacher_logits, self.temperature)
+        kd = kd_loss(student_logits, teacher_logits, self.class_temperature(self.temperature))
         return {"loss": self.weight * kd, "kd": kd.detach()}
 
 
