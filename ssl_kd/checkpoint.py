@@ -5,11 +5,18 @@ never leaves a half-written checkpoint where the last good one was.
 
 `load_checkpoint` never runs code from the file unless asked to. By default it reads with
 `torch.load(..., weights_only=True)`: tensors, numbers, strings, lists and dicts, plus the short
-allowlist `SAFE_GLOBALS` below of harmless types that official SSL checkpoints pickle. A file that
+allowlist `safe_globals()` below of harmless types that official SSL checkpoints pickle. A file that
 pickles anything else is refused with one line naming the type and the opt-in `--trust-checkpoint`
 (`trust=True`: a full unpickle, for files from a source you trust). `.safetensors` files are read
 with `safetensors.torch.load_file` into a plain state dict (that format cannot hold code at all).
 Failures become one-line `UserError`s that say what to do.
+
+Teacher files go through `read_checkpoint(..., stand_ins=True)`: a file that `weights_only` refuses
+for its foreign globals (a Lightning `.ckpt` that also pickles the model objects, a script's config
+object) is read again by `safe_unpickle.load_with_stand_ins`, where every foreign class or function
+becomes an inert stand-in that is never called, and is accepted when tensors sit in its plain
+dicts/lists; `LoadedCheckpoint.stood_in` names what was stood in for. A file whose tensors are all
+inside foreign objects (`torch.save(model)`) is still refused. Run checkpoints keep the plain refusal.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ import argparse
 import logging
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .errors import UserError
+from .safe_unpickle import has_plain_tensors, load_with_stand_ins
 
 log = logging.getLogger("ssl_kd")
 
@@ -72,40 +81,72 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+@dataclass
+class LoadedCheckpoint:
+    """A loaded checkpoint object, and the pickled globals read as inert stand-ins (empty unless some were)."""
+
+    obj: Any
+    stood_in: list[str] = field(default_factory=list)
+
+
 def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Any:
     """Load a checkpoint (torch pickle or `.safetensors`) on the CPU; see the module docstring.
 
     `trust=True` (`--trust-checkpoint`) unpickles anything the file holds, which can run code from
     it; a warning line says so. Without it, foreign pickled types are a `UserError`.
     """
+    return read_checkpoint(path, trust=trust).obj
+
+
+def read_checkpoint(path: str | os.PathLike, *, trust: bool = False, stand_ins: bool = False) -> LoadedCheckpoint:
+    """`load_checkpoint`, and with `stand_ins` a file refused for foreign globals is read with inert stand-ins."""
     path = _existing_file(path)
     if path.suffix == ".safetensors":
-        return _load_safetensors(path)
+        return LoadedCheckpoint(_load_safetensors(path))
     if trust:
         log.warning("%s: loading with %s: a full unpickle can run code from the file; only do this for "
                     "files from a source you trust", path, TRUST_FLAG)
     try:
         if trust:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=False))
         with torch.serialization.safe_globals(safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return LoadedCheckpoint(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as err:  # torch.load raises many types on a foreign or damaged file
-        raise _load_error(path, err, trust) from None
+        foreign = None if trust else _refused_type(" ".join(str(err).split()))
+        if foreign is None or not stand_ins:
+            raise _load_error(path, err, trust, foreign) from None
+    return _read_with_stand_ins(path, foreign)
 
 
-def _load_error(path: Path, err: Exception, trust: bool) -> UserError:
+def _read_with_stand_ins(path: Path, foreign: str) -> LoadedCheckpoint:
+    """The refused file read by the restricted unpickler; a `UserError` when no tensor lies outside its objects."""
+    try:
+        obj, stood_in = load_with_stand_ins(path)
+    except Exception as err:  # a damaged pickle, a TorchScript archive, a stand-in where torch needs the real thing
+        raise UserError(_refusal(path, f"pickles {foreign}, which safe loading refuses, and its tensors could not be "
+                                       f"read around it ({type(err).__name__}: {_short(str(err), 80)})")) from None
+    if not has_plain_tensors(obj):
+        names = ", ".join(stood_in[:3]) + (f" and {len(stood_in) - 3} more" if len(stood_in) > 3 else "")
+        raise UserError(_refusal(path, f"pickles {names or foreign} and holds no tensors outside those objects (as a "
+                                       "whole model saved with torch.save(model) does)"))
+    return LoadedCheckpoint(obj, stood_in)
+
+
+def _refusal(path: Path, problem: str) -> str:
+    return (f"{path} {problem}; re-save the weights as a plain state dict, or pass {TRUST_FLAG} "
+            "(teacher.trust_checkpoint=true) if you trust the file's source")
+
+
+def _load_error(path: Path, err: Exception, trust: bool, foreign: str | None) -> UserError:
     """The one-line `UserError` for a failed `torch.load`: a refused type, an unimportable class, or a bad file."""
     if trust and isinstance(err, (AttributeError, ImportError)):  # a pickled class this process cannot import
         return UserError(
             f"{path} pickles a class that cannot be imported here ({_short(str(err), 100)}); install the code that "
-            "wrote the file, or re-save its weights as a plain state dict"
+            f"wrote the file, drop {TRUST_FLAG} (a teacher's tensors are then read with inert stand-ins for its "
+            "objects), or re-save its weights as a plain state dict"
         )
-    foreign = None if trust else _refused_type(" ".join(str(err).split()))
     if foreign is not None:
-        return UserError(
-            f"{path} pickles {foreign}, which safe loading refuses; re-save the weights as a plain state dict, "
-            f"or pass {TRUST_FLAG} (teacher.trust_checkpoint=true) if you trust the file's source"
-        )
+        return UserError(_refusal(path, f"pickles {foreign}, which safe loading refuses"))
     return UserError(
         f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {_short(str(err), 100)}); "
         "is the file truncated or of another kind?"

@@ -35,7 +35,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("teacher_cli")
     torch.manual_seed(0)
     backbone = timm.create_model("resnet10t", num_classes=0).state_dict()
-    paths = {name: root / f"{name}.pth" for name in ("moco", "plain", "missing", "extra", "shape", "foreign")}
+    paths = {name: root / f"{name}.pth" for name in ("moco", "plain", "missing", "extra", "shape", "foreign", "objects")}
     state = {f"module.encoder_q.{k}": v for k, v in backbone.items()}
     state.update({"module.encoder_q.fc.0.weight": torch.randn(512, 512), "module.encoder_q.fc.0.bias": torch.zeros(512),
                   "module.encoder_q.fc.2.weight": torch.randn(128, 512), "module.encoder_q.fc.2.bias": torch.zeros(128),
@@ -46,6 +46,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save({**backbone, "adapter.weight": torch.ones(3)}, paths["extra"])
     torch.save({**backbone, "conv1.0.weight": torch.randn(24, 3, 5, 5)}, paths["shape"])
     torch.save({"state_dict": backbone, "arch": "resnet10t", "config": PickledConfig()}, paths["foreign"])
+    torch.save({"state_dict": PickledConfig(), "arch": "resnet10t"}, paths["objects"])  # no tensor outside it
     data = paths["plain"].read_bytes()
     (root / "truncated.pth").write_bytes(data[: len(data) // 2])
     (root / "notes.txt").write_text("these are my notes, not weights\n")
@@ -94,7 +95,7 @@ def test_inspect_plain_file_with_flag(files: dict[str, Path], capsys: pytest.Cap
         ("moco", ["--teacher-arch", "resnet50"], "says its arch is resnet10t but --teacher-arch is resnet50"),
         ("missing", [], "does not say its architecture; pass --teacher-arch"),
         ("plain", ["--teacher-format", "simclr-v9"], "unknown teacher format 'simclr-v9'"),
-        ("foreign", [], f"pickles {__name__}.PickledConfig, which safe loading refuses"),
+        ("objects", [], f"pickles {__name__}.PickledConfig and holds no tensors outside those objects"),
     ],
 )
 def test_bad_input_is_one_error_line(files: dict[str, Path], capsys: pytest.CaptureFixture,
@@ -107,13 +108,15 @@ def test_bad_input_is_one_error_line(files: dict[str, Path], capsys: pytest.Capt
 
 
 def test_entry_point(files: dict[str, Path], tmp_path: Path) -> None:
-    """Both runs at once: each spends its time importing torch and timm."""
-    ok = start_subprocess("inspect", str(files["moco"]), cwd=tmp_path)
-    refused = start_subprocess("inspect", str(files["foreign"]), cwd=tmp_path)
+    """Both runs at once: each spends its time importing torch and timm. The file that loads pickles a
+    class of this test module, which the fresh process could not even import: it is stood in for."""
+    ok = start_subprocess("inspect", str(files["foreign"]), cwd=tmp_path)
+    refused = start_subprocess("inspect", str(files["objects"]), cwd=tmp_path)
     ok_out, ok_err = ok.communicate(timeout=300)
     _, refused_err = refused.communicate(timeout=300)
     assert ok.returncode == 0, ok_err[-2000:]
-    assert "format:     moco" in ok_out and "embed dim:  512" in ok_out
+    assert "format:       timm" in ok_out and "embed dim:    512" in ok_out
+    assert f"stood in for: {__name__}.PickledConfig (1 pickled, read as inert stand-ins, never run)" in ok_out
 
     assert refused.returncode == 2
     lines = refused_err.splitlines()

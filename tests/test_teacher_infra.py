@@ -75,19 +75,25 @@ def test_allowlisted_types_load_by_default(tmp_path: Path, r10: nn.Module) -> No
 
 
 @pytest.mark.parametrize("legacy", [False, True])
-def test_foreign_class_is_refused_then_trusted(tmp_path: Path, r10: nn.Module, legacy: bool,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_foreign_class_is_stood_in_or_trusted(tmp_path: Path, r10: nn.Module, legacy: bool,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A plain reader refuses the foreign class; a teacher load reads the weights around it with an inert
+    stand-in (tests/test_peer_checkpoints.py has the rest); --trust-checkpoint unpickles it for real."""
     path = tmp_path / "foreign.pth"
     torch.save({"state_dict": r10.state_dict(), "arch": "resnet10t", "config": ForeignConfig(0.3)}, path,
                _use_new_zipfile_serialization=not legacy)
     with pytest.raises(UserError) as info:
-        load_teacher(path)
+        load_checkpoint(path)
     message = str(info.value)
     assert "\n" not in message and f"{__name__}.ForeignConfig" in message and "--trust-checkpoint" in message
 
+    teacher = load_teacher(path)
+    assert teacher.arch == "resnet10t" and teacher.info.stood_in == [f"{__name__}.ForeignConfig"]
+    assert all(torch.equal(v, r10.state_dict()[k]) for k, v in teacher.backbone.state_dict().items())
+
     with caplog.at_level(logging.WARNING, logger="ssl_kd"):
         teacher = load_teacher(path, trust=True)
-    assert teacher.arch == "resnet10t"
+    assert teacher.arch == "resnet10t" and teacher.info.stood_in == []
     assert any("--trust-checkpoint" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 

@@ -23,7 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     inspect.add_argument("--teacher-arch", metavar="NAME", help="timm name, for checkpoints that do not say it")
     inspect.add_argument("--teacher-format", metavar="NAME", default="auto", help="force the layout (default: auto)")
     inspect.add_argument("--trust-checkpoint", action="store_true",
-                         help="allow a full unpickle of a file that pickles foreign classes (can run its code)")
+                         help="allow a full unpickle of a file that pickles foreign classes (can run its code); "
+                              "without it they are read as inert stand-ins, never run")
     return parser.parse_args(argv)
 
 

@@ -8,6 +8,11 @@ first match wins, so specific layouts (MoCo: keys under `encoder_q.`) sit before
 (`timm`: any plain state dict). A new layout (DINO, MoCo v3, SimCLR, ...) is one detector, one
 converter and one decorator line; nothing else changes.
 
+A layout may also claim files by where they lie (`file_patterns`, matched from the right of the path):
+lightly-train's `exported_models/exported_last.pt` is a bare timm state dict that only its place tells
+apart from any other, so `find_layout(obj, path)` tries the layouts whose patterns match `path` first
+(each still has to recognise the object).
+
 The layouts themselves live in `layouts/`, one family a file, registered on import. When a file does
 not say its architecture, converters ask `infer_arch(state_dict)`, which tries the registered
 shape-based inferers (ResNet depth from block counts, ViT size from width/depth/patch, ...).
@@ -15,8 +20,10 @@ shape-based inferers (ResNet depth from block counts, ViT size from width/depth/
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Callable, Iterable, Mapping
 
 from torch import Tensor, nn
@@ -54,20 +61,25 @@ class Layout:
     detect: Callable[[Any], bool]
     convert: Callable[[Any], Converted]
     priority: int  # lower is tried first; generic layouts use a high number
+    file_patterns: tuple[str, ...] = ()  # paths this layout claims first (PurePath.match patterns)
+
+    def claims(self, path: str | os.PathLike | None) -> bool:
+        """Whether `path` matches one of this layout's file patterns."""
+        return path is not None and any(PurePath(path).match(pattern) for pattern in self.file_patterns)
 
 
 _LAYOUTS: list[Layout] = []
 
 
 def register_layout(
-    name: str, summary: str, detect: Callable[[Any], bool], *, priority: int = 50
+    name: str, summary: str, detect: Callable[[Any], bool], *, priority: int = 50, file_patterns: tuple[str, ...] = ()
 ) -> Callable[[Callable[[Any], Converted]], Callable[[Any], Converted]]:
-    """Decorator for a converter: register it with its detector under `name`."""
+    """Decorator for a converter: register it with its detector under `name` (and the file names it claims)."""
 
     def add(convert: Callable[[Any], Converted]) -> Callable[[Any], Converted]:
         if any(layout.name == name for layout in _LAYOUTS):
             raise ValueError(f"checkpoint layout {name!r} is registered twice")
-        _LAYOUTS.append(Layout(name, summary, detect, convert, priority))
+        _LAYOUTS.append(Layout(name, summary, detect, convert, priority, tuple(file_patterns)))
         _LAYOUTS.sort(key=lambda layout: layout.priority)
         return convert
 
@@ -79,9 +91,10 @@ def layouts() -> list[Layout]:
     return list(_LAYOUTS)
 
 
-def find_layout(obj: Any) -> Layout:
-    """The first registered layout whose detector accepts `obj`, else a `UserError` listing them all."""
-    for layout in _LAYOUTS:
+def find_layout(obj: Any, path: str | os.PathLike | None = None) -> Layout:
+    """The first registered layout whose detector accepts `obj` (those claiming `path` by name tried first),
+    else a `UserError` listing them all."""
+    for layout in sorted(_LAYOUTS, key=lambda layout: not layout.claims(path)):  # stable: priority order kept
         if layout.detect(obj):
             return layout
     supported = "; ".join(f"{layout.name} ({layout.summary})" for layout in _LAYOUTS)

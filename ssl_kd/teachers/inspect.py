@@ -2,7 +2,8 @@
 
 `inspect_teacher` does the same strict load as training (`load_teacher`), so a file it accepts is a
 file `pipelines/distill_ssl.py` will load, and returns a plain dict; `format_info` turns that dict
-into the lines the command prints.
+into the lines the command prints. A file read with inert stand-ins for pickled foreign objects
+(`ssl_kd/safe_unpickle.py`) gets a `stood in for:` line naming every class and function stood in for.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def inspect_teacher(
         "tensors_loaded": info.loaded,
         "tensors_in_file": info.in_file,
         "ignored": list(info.ignored),
+        "stood_in": list(getattr(info, "stood_in", [])),
         "mean": [round(v, 4) for v in teacher.mean.flatten().tolist()],
         "std": [round(v, 4) for v in teacher.std.flatten().tolist()],
         "input_size": teacher.input_size,
@@ -55,6 +57,11 @@ def format_info(info: dict[str, Any]) -> list[str]:
         ("embed dim", info["embed_dim"]),
         ("tensors", f"{info['tensors_loaded']} loaded of {info['tensors_in_file']} in the file"),
         ("ignored", ", ".join(info["ignored"]) or "nothing"),
+    ]
+    if info.get("stood_in"):
+        names = info["stood_in"]
+        rows.append(("stood in for", f"{', '.join(names)} ({len(names)} pickled, read as inert stand-ins, never run)"))
+    rows += [
         ("mean", _triple(info["mean"])),
         ("std", _triple(info["std"])),
         ("input size", f"{info['input_size']} px" if info["input_size"] else "not recorded (teacher sees the data's size)"),

@@ -1,8 +1,10 @@
 """Load a frozen teacher: checkpoint file -> layout -> timm backbone (strict) -> `Teacher`.
 
-`load_teacher(path, arch=None)` reads the file safely (`checkpoint.load_checkpoint`: allowlisted
-types only unless `trust`), detects its layout (`formats.py`, or the one `format` names), resolves
-the timm architecture (the file's own `arch` field, else its shapes, else the caller's), builds
+`load_teacher(path, arch=None)` reads the file safely (`checkpoint.read_checkpoint`: allowlisted
+types only unless `trust`; a file refused for pickled foreign objects is read with inert stand-ins
+for them, never run, and the load line names them), detects its layout (`formats.py`, or the one
+`format` names; a layout may claim a file by its place, as lightly-train's `exported_models/*.pt`),
+resolves the timm architecture (the file's own `arch` field, else its shapes, else the caller's), builds
 `timm.create_model(arch, pretrained=False, num_classes=0)` and loads the mapped weights strictly:
 every backbone tensor must land, with the right shape, and nothing may be left over except what the
 layout deliberately leaves out (projector heads, momentum encoder, queue, optimizer, classifier),
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +26,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import split_model_name_tag
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint, save_atomic
+from ..checkpoint import TRUST_FLAG, read_checkpoint, save_atomic
 from ..errors import UserError
 from . import layouts  # noqa: F401  (registers every layout)
 from .formats import (
@@ -56,6 +59,13 @@ CLASSIFIER_LAYOUTS = ("timm", "plain")
 CLASSIFIER_WRAPPERS = (None, "state_dict", "state_dict_ema")
 
 
+@dataclass
+class FileLoadInfo(LoadInfo):
+    """`LoadInfo` of a teacher file, plus the pickled globals read as inert stand-ins (never run)."""
+
+    stood_in: list[str] = field(default_factory=list)
+
+
 def load_teacher(
     path_or_name: str | os.PathLike,
     arch: str | None = None,
@@ -75,22 +85,25 @@ def load_teacher(
         return load_timm_tag(str(path_or_name), arch, format, image_size)
     source = str(path_or_name)
     forced = None if format == "auto" else layout_named(format)  # a bad name fails before reading the file
-    obj = load_checkpoint(path_or_name, trust=trust)
+    loaded = read_checkpoint(path_or_name, trust=trust, stand_ins=True)
+    obj, stood_in = loaded.obj, loaded.stood_in
     try:
-        layout = choose_layout(obj, forced)
+        layout = choose_layout(obj, forced, path_or_name)
         converted = layout.convert(obj)
     except UserError as err:
-        raise UserError(f"{source}: {err}") from None
+        note = f" (read with inert stand-ins for {stood_in_line(stood_in)}; {TRUST_FLAG} unpickles them)"
+        raise UserError(f"{source}: {err}{note if stood_in else ''}") from None
     arch_name = resolve_arch(converted.arch, arch, source, inferred=converted.inferred_arch)
     keep_head = layout.name in CLASSIFIER_LAYOUTS and _wrapper_key(obj) in CLASSIFIER_WRAPPERS
     backbone, state_dict, ignored = build_backbone(converted, arch_name, source, keep_head=keep_head)
     backbone.load_state_dict(state_dict, strict=True)
     has_logits = getattr(backbone, "num_classes", 0) > 0
-    info = LoadInfo(arch_origin(converted, arch), len(state_dict), count_tensors(obj), ignored)
+    info = FileLoadInfo(arch_origin(converted, arch), len(state_dict), count_tensors(obj), ignored, stood_in)
     log.info(
-        "teacher %s: format %s, arch %s, %d tensors loaded%s; ignored: %s",
+        "teacher %s: format %s, arch %s, %d tensors loaded%s; ignored: %s%s",
         source, layout.name, arch_name, len(state_dict), ", classifier kept for logits" if has_logits else "",
         ", ".join(ignored) or "nothing",
+        f"; stood in for (pickled, never run): {stood_in_line(stood_in)}" if stood_in else "",
     )
     return note_resolution(Teacher(
         backbone,
@@ -108,10 +121,17 @@ def load_teacher(
     ))
 
 
-def choose_layout(obj: Any, forced: Layout | None) -> Layout:
-    """The detected layout, or the forced one if it recognises the file (forcing picks among the matches)."""
+def stood_in_line(names: Sequence[str], limit: int = 6) -> str:
+    """`a, b, c, ... (9 in all)`: the qualified names read as stand-ins, for one log or error line."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def choose_layout(obj: Any, forced: Layout | None, path: str | os.PathLike | None = None) -> Layout:
+    """The detected layout (those claiming `path` by name first), or the forced one if it recognises the
+    file (forcing picks among the matches)."""
     if forced is None:
-        return find_layout(obj)
+        return find_layout(obj, path)
     if not forced.detect(obj):
         matches = [layout.name for layout in registered_layouts() if layout.detect(obj)]
         others = f"layouts that match it: {', '.join(matches)}" if matches else "no layout matches it"

@@ -4,6 +4,7 @@ from . import (  # noqa: F401
     byol,
     dino,
     dinov2,
+    lightly_train,
     lightning,
     mae,
     moco,
