@@ -20,7 +20,7 @@ import torch
 
 from ssl_kd.checkpoint import load_checkpoint
 
-from torchrun_helpers import REPO, free_port
+from torchrun_helpers import REPO, free_port, wait_or_kill
 
 STEPS_PER_EPOCH, EPOCHS, EVERY = 8, 2, 3
 TINY = ["--epochs", str(EPOCHS), "--batch-size", "32", f"data.subset={32 * STEPS_PER_EPOCH}", "data.num_workers=2",
@@ -44,16 +44,8 @@ def start(run: Path, *extra: str, nproc: int = 1) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
-    """Wait for the job (killing its whole process group if it runs past `timeout`); its status and stderr."""
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        _, stderr = process.communicate()
-        raise AssertionError(f"the job ran past {timeout} s:\n{stderr[-3000:]}") from None
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    """Wait for the job (its whole process group killed if it runs past `timeout`); its status and stderr."""
+    _, stderr = wait_or_kill(process, timeout, "the job")
     return process.returncode, stderr
 
 

@@ -34,13 +34,19 @@ def run_torchrun(script: str | Path, *args: str, nproc: int = 2, cwd: Path, time
                    "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script), *args]
     process = subprocess.Popen(command, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
+    stdout, stderr = wait_or_kill(process, timeout, f"{script} under {nproc} processes")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def wait_or_kill(process: subprocess.Popen, timeout: float, what: str) -> tuple[str, str]:
+    """(stdout, stderr) of a process started with `start_new_session=True`; past `timeout` its whole
+    process group is killed and the test fails; the group never outlives the call."""
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
+        return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        raise AssertionError(f"{script} under {nproc} processes ran past {timeout} s:\n{stderr[-3000:]}") from None
+        _, stderr = process.communicate()
+        raise AssertionError(f"{what} ran past {timeout} s:\n{stderr[-3000:]}") from None
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
