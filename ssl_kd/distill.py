@@ -4,6 +4,10 @@
 with `ssl_kd.loop.fit` on two SSL views of the training split, and exports the student's backbone
 as a plain timm state dict (`student_timm.pth` + `student_timm.json`) that
 `timm.create_model(name, num_classes=0, checkpoint_path=...)` loads with no ssl_kd code.
+
+Which space the methods see as each teacher's embedding (`teacher.embedding`: backbone | head | auto) is
+decided here, per run, by `in_embedding_space` (auto: `HEAD_SPACE_METHODS`), so that `compare.py`'s runs
+of several methods on one loaded teacher each get their own; the evaluation keeps scoring the backbone.
 """
 
 from __future__ import annotations
@@ -54,6 +58,60 @@ class DistillResult:
 
 SSL_SCRATCH = "ssl_scratch"  # the baseline: the student trained self-supervised (SimCLR) from scratch
 
+# teacher.embedding=auto: the methods whose papers distil the teacher's SSL projection-head output (SEED, Fang et
+# al. 2021, and CompRess, Abbasi Koohpayegani et al. 2020, both from MoCo's 128-d head) see the head's output when
+# the teacher file carries its head; every other method, and any teacher without a head, the backbone feature.
+# This set is the one place that default lives.
+HEAD_SPACE_METHODS = frozenset({"seed", "compress", "compress_1q", "compress_2q"})
+# Methods that also read the teacher's backbone feature (`Embeddings.feat`): a teacher cache keeps only the
+# embedding, so in the head space it would hand them the head's output in its place (see `refuse_head_space`).
+READS_TEACHER_FEAT = frozenset({"crd", "dlkd", "dlkd_corr", "rkd"})
+
+
+def embedding_space(cfg: Config, teacher: Teacher) -> str:
+    """"head" or "backbone": the space of `teacher`'s embedding for `cfg.loss.method` under `cfg.teacher.embedding`
+    (auto: the head for `HEAD_SPACE_METHODS` when the teacher has one, else the backbone)."""
+    choice = cfg.teacher.embedding
+    if choice == "auto":
+        has_head = getattr(teacher, "projection_head", None) is not None
+        return "head" if cfg.loss.method in HEAD_SPACE_METHODS and has_head else "backbone"
+    return choice
+
+
+def in_embedding_space(cfg: Config, teacher: Teacher) -> Teacher:
+    """`teacher` with its embedding in the space `embedding_space` names (a view sharing its weights); a `UserError`
+    for `head` on a teacher without a usable head, or with a method that cannot take the head space."""
+    view = teacher.with_embedding(embedding_space(cfg, teacher))
+    if view.embedding == "head":
+        refuse_head_space(cfg)
+    return view
+
+
+def refuse_head_space(cfg: Config) -> None:
+    """One line for the combinations that would fail, or train on the wrong tensors, in the head space."""
+    method = cfg.loss.method
+    if method == "crd":
+        raise UserError("loss.method=crd reads only the teacher's backbone feature (through a layer sized to the embedding "
+                        "width), so teacher.embedding=head cannot apply to it; use teacher.embedding=backbone (or auto)")
+    if method == "dlkd" and cfg.loss.dlkd.contrast == "supcon" and cfg.loss.dlkd.contrast_weight:
+        raise UserError("loss.dlkd.contrast=supcon feeds the teacher's backbone feature to a layer sized to its embedding, "
+                        "which teacher.embedding=head makes the projection head's width; use loss.dlkd.contrast=queue or "
+                        "teacher.embedding=backbone")
+    if cfg.train.teacher_cache and method in READS_TEACHER_FEAT:
+        raise UserError(f"train.teacher_cache keeps only the teacher's embedding (with teacher.embedding=head its projection "
+                        f"head's output), but {method} also reads its backbone feature; set train.teacher_cache=0 or "
+                        "teacher.embedding=backbone")
+
+
+def embedding_record(teacher: Teacher) -> dict:
+    """The report's record of the space a teacher's embedding was in: {"space", "dim", "line"} (+ the head's
+    name, source and layers in the head space)."""
+    record = {"space": teacher.embedding, "dim": int(teacher.embed_dim), "line": teacher.embedding_line()}
+    if teacher.embedding == "head":
+        info = teacher.head_info
+        record.update(head=info.name, source=info.source, layers=info.layers)
+    return record
+
 
 def method_names() -> list[str]:
     """Every `--method` choice: the registered distillation methods and the SSL-from-scratch baseline."""
@@ -71,6 +129,10 @@ def distill(cfg: Config, teacher: Teacher, run_dir: Path, extra_teachers: list[T
     """Train the student on `cfg`, export it. `monitor(student, epoch)` runs after every epoch and its
     numbers join that epoch's summary in metrics.jsonl (see `ssl_kd.job.knn_monitor`)."""
     device = resolve_device(cfg.train.device)
+    teacher, extra_teachers = in_embedding_space(cfg, teacher), [in_embedding_space(cfg, t) for t in extra_teachers]
+    for k, t in enumerate((teacher, *extra_teachers), start=1):
+        if t.embedding == "head" and cfg.loss.method != SSL_SCRATCH:
+            say(f"teacher{f' {k}' if k > 1 else ''} embedding: {t.embedding_line()} (teacher.embedding={cfg.teacher.embedding})")
     torch.manual_seed(cfg.train.seed)
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
     student = build_student(cfg, teacher, extra_teachers)

@@ -19,7 +19,7 @@ from .config import Config
 from .data import require_labels
 from .loaders import make_loader
 from .defaults import default_teacher
-from .distill import build_student
+from .distill import SSL_SCRATCH, build_student, embedding_record, in_embedding_space, refuse_head_space
 from .evaluation.inputs import EvalSplits, eval_splits, evaluation_data, split_features
 from .evaluation.knn import knn_classify
 from .evaluation.on_main import on_main_process
@@ -55,11 +55,17 @@ def load_inputs(cfg: Config) -> JobInputs:
     splits = eval_splits(evaluation)
     teacher_path = str(cfg.teacher.path or default_teacher(cfg.data.name))
     check_knn_bank(cfg.eval, len(splits.train), evaluation.name)  # a k larger than the bank: one line, before the teacher loads
+    need_head = cfg.teacher.embedding == "head"  # on every teacher; a file without one is refused before its load line
+    if need_head and cfg.loss.method != SSL_SCRATCH:
+        refuse_head_space(cfg)  # a method that cannot take the head space: before any teacher loads
     teacher = load_teacher(teacher_path, arch=cfg.teacher.arch, format=cfg.teacher.format, trust=cfg.teacher.trust_checkpoint,
-                           image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
+                           image_size=cfg.teacher.image_size or cfg.data.image_size, need_head=need_head).to(device)
     extra_paths = [str(p) for p in cfg.teacher.extra]  # arch and layout from each file (teacher.arch/format are the primary's)
-    extra = [load_teacher(p, trust=cfg.teacher.trust_checkpoint, image_size=cfg.teacher.image_size or cfg.data.image_size).to(device)
+    extra = [load_teacher(p, trust=cfg.teacher.trust_checkpoint, image_size=cfg.teacher.image_size or cfg.data.image_size,
+                          need_head=need_head).to(device)
              for p in extra_paths]
+    for t in (teacher, *extra):  # the space each will be distilled in resolves (as `distill` resolves it again)
+        in_embedding_space(cfg, t)
     return JobInputs(teacher, teacher_path, splits.train, splits.test, device, extra, extra_paths)
 
 
@@ -117,12 +123,16 @@ def evaluate_all(cfg: Config, inputs: JobInputs, student) -> dict:
                                                       next(iter(test_loader))[0][: cfg.eval.batch_size], inputs.device))
     results["teacher"].update(arch=teacher.arch, params=count_parameters(teacher.backbone), images_per_s=speed["teacher"],
                               source=inputs.teacher_path)
+    if cfg.loss.method != SSL_SCRATCH:  # the space the method saw the teacher's embedding in (evaluation: the backbone)
+        results["teacher"]["embedding"] = embedding_record(in_embedding_space(cfg, teacher))
     results["student"].update(arch=student.arch, params=count_parameters(student.backbone), images_per_s=speed["student"])
     results["random_student"].update(arch=student.arch, params=count_parameters(random_student.backbone))
     results["raw_pixels"].update(arch="pixels")
     extra = []
     for k, (t, path) in enumerate(zip(inputs.extra_teachers, inputs.extra_paths), start=1):
         results[f"teacher_{k}"].update(arch=t.arch, params=count_parameters(t.backbone), source=path)
+        if cfg.loss.method != SSL_SCRATCH:
+            results[f"teacher_{k}"]["embedding"] = embedding_record(in_embedding_space(cfg, t))
         extra.append(results[f"teacher_{k}"])
     report = {"teacher": results["teacher"], "student": results["student"],
               "baselines": {"random_student": results["random_student"], "raw_pixels": results["raw_pixels"]},

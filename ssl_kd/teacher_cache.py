@@ -12,7 +12,8 @@ On disk, in `train.teacher_cache_dir/<key>/`:
     done.npy     [N]           which images are written: an interrupted build resumes from it
     meta.json                  the key, the shapes, and "complete" once every image is written
 
-The key (`teacher_cache_key`) hashes the teacher's weights, the data (as `feature_cache_key` does), the
+The key (`teacher_cache_key`) hashes the teacher's weights (its projection head's included), its embedding
+space (`teacher.embedding=head`), the data (as `feature_cache_key` does), the
 view recipe, V, the seed, the storage dtype and the format: a changed key builds a new cache, an
 unchanged one is reused without a write.
 
@@ -90,7 +91,9 @@ def teacher_cache_key(teacher: nn.Module, images: Any, pool: ViewPool, *, recipe
     """A 24-hex-digit sha256 of everything the cached rows depend on: the teacher's weights (and its input
     size and normalization), the images (`_data_fingerprint`: paths with sizes and mtimes, labels, the subset), the view
     recipe (the augmentation config and the versions of the libraries that implement it), the pool size V,
-    the seed, the storage dtype, whether logits are kept, and the format version."""
+    the seed, the storage dtype, whether logits are kept, the format version, and the embedding space when it is
+    not the backbone (`teacher.embedding=head`: the rows are the projection head's output; the weights alone cannot
+    tell, since a teacher carries its head in both spaces)."""
     import lightly
     import torchvision
 
@@ -99,6 +102,9 @@ def teacher_cache_key(teacher: nn.Module, images: Any, pool: ViewPool, *, recipe
              f"teacher_mean={mean}", f"teacher_std={std}",
              _data_fingerprint(images), f"recipe={recipe}", f"lightly={lightly.__version__}", f"torchvision={torchvision.__version__}",
              f"pool={pool.size}x{pool.draws_per_step}", f"seed={pool.seed}", f"dtype={dtype}", f"logits={logits}"]
+    embedding = getattr(teacher, "embedding", "backbone")
+    if embedding != "backbone":  # the head space caches the head's output (backbone keys stay as they were)
+        parts.append(f"teacher_embedding={embedding}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 

@@ -203,6 +203,7 @@ def _check_teacher(teacher: Any) -> None:
 
     _optional_at_least("teacher.image_size", teacher.image_size, 1,
                        "give the side in pixels the teacher sees (e.g. 224), or null for the data's own")
+    _choice("teacher.embedding", teacher.embedding, ("auto", "backbone", "head"))
     if teacher.format != "auto":
         layout_named(teacher.format)  # an unknown name: its own one-line error
     for key, path in [("teacher.path", teacher.path), *((f"teacher.extra[{i}]", p) for i, p in enumerate(teacher.extra))]:

@@ -9,6 +9,10 @@ the retrieval database and the probe's training set are the train split.
 
 Figures (`write_figures`): loss_curves.png, knn_over_epochs.png (from metrics.jsonl) and
 features_<run>.png (a PCA or t-SNE scatter of the student's test features, coloured by class).
+
+`report["teacher"]["embedding"]` (and each extra teacher's) records the space the method saw the teacher's
+embedding in (`teacher.embedding`: "backbone", or "head" with the projection head's name and width);
+report.md says it in one line. The teacher's own rows always score its backbone feature.
 """
 
 from __future__ import annotations
@@ -104,6 +108,18 @@ def _teacher_cache_line(caches: list[dict]) -> str:
             "the teacher was not run during training.")
 
 
+def embedding_line(report: dict) -> str:
+    """` Teacher embedding: head (MoCo v2 fc MLP, 128-d), from teacher.embedding=auto; ...` or "" (older reports, ssl_scratch)."""
+    teachers = [("Teacher", report["teacher"])]
+    teachers += [(f"teacher {k}", r) for k, r in enumerate(report.get("extra_teachers", []), start=2)]
+    parts = [f"{label} embedding: {r['embedding']['line']}" for label, r in teachers if isinstance(r.get("embedding"), dict)]
+    if not parts:
+        return ""
+    choice = (report.get("config") or {}).get("teacher", {}).get("embedding")
+    origin = f", from teacher.embedding={choice}" if choice else ""
+    return (f" {'; '.join(parts)}{origin}; the teacher rows evaluate the backbone feature, as the SSL protocol does.")
+
+
 def write_report(out_dir: Path, report: dict, figures: dict[str, Path] | None = None) -> tuple[Path, Path]:
     """report.json and report.md of one run (the figures, already written, are linked from the Markdown)."""
     out_dir = Path(out_dir)
@@ -116,7 +132,7 @@ def write_report(out_dir: Path, report: dict, figures: dict[str, Path] | None = 
         f"Teacher `{report['teacher']['source']}` -> student `{report['student']['arch']}`; "
         f"{_evaluation_line(data)}; "
         f"{report['training']['epochs']} epochs in {report['training']['seconds']:.0f} s on {report['machine']}."
-        f"{_teacher_cache_line(report['training'].get('teacher_cache', []))}",
+        f"{_teacher_cache_line(report['training'].get('teacher_cache', []))}{embedding_line(report)}",
         "",
         markdown_table(report),
         "",

@@ -13,6 +13,11 @@ lightly-train's `exported_models/exported_last.pt` is a bare timm state dict tha
 apart from any other, so `find_layout(obj, path)` tries the layouts whose patterns match `path` first
 (each still has to recognise the object).
 
+A converter may also hand over the file's SSL projection head (`Converted.head`, a `ProjectionHead`: its
+tensors keyed relative to the head, `0.weight`, `1.running_mean`, ...; the activation between its layers;
+what it is). `heads.py` builds it generically from those keys; `teacher.embedding=head` makes the methods
+see its output. A layout whose files carry no head leaves it None.
+
 The layouts themselves live in `layouts/`, one family a file, registered on import. When a file does
 not say its architecture, converters ask `infer_arch(state_dict)`, which tries the registered
 shape-based inferers (ResNet depth from block counts, ViT size from width/depth/patch, ...).
@@ -36,6 +41,32 @@ WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers, 
 
 
 @dataclass
+class ProjectionHead:
+    """An SSL projection head as a file stores it (MoCo v2's `encoder_q.fc`, a solo-learn `projector`, ...).
+
+    `state_dict` is keyed relative to the head, as its `nn.Sequential` names them (`0.weight`, `1.running_mean`,
+    `3.weight`), or `weight`/`bias` for a head that is one bare Linear. Index N with a 2-D `N.weight` is a
+    Linear (with `N.bias` if stored), with `N.running_mean` a BatchNorm1d (affine when `N.weight` is stored);
+    the indices missing between them are the parameter-free `activation` ("relu" or "gelu"). `name` says what
+    it is ("MoCo v2 fc MLP"), `source` where it lies in the file ("encoder_q.fc.*"). See `heads.py`.
+    """
+
+    state_dict: StateDict
+    activation: str = "relu"
+    name: str = "projection head"
+    source: str = ""
+    bn_eps: float = 1e-5
+
+
+def head_under(state_dict: Mapping[str, Tensor], prefix: str, **fields: Any) -> ProjectionHead | None:
+    """The `ProjectionHead` of the keys under `prefix` (removed as a true prefix), or None when there are none."""
+    tensors = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not tensors:
+        return None
+    return ProjectionHead(tensors, source=fields.pop("source", f"{prefix}*"), **fields)
+
+
+@dataclass
 class Converted:
     """A checkpoint mapped onto timm backbone key names, plus what the file says about itself."""
 
@@ -50,6 +81,7 @@ class Converted:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (reg_tokens, ...)
     # called with (state_dict, built model) before the strict check, e.g. to resample ViT position embeddings
     adapt: Callable[[StateDict, nn.Module], StateDict] | None = None
+    head: ProjectionHead | None = None  # the file's SSL projection head, when it carries one (teacher.embedding=head)
 
 
 @dataclass(frozen=True)

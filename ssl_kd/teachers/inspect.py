@@ -4,6 +4,8 @@
 file `pipelines/distill_ssl.py` will load, and returns a plain dict; `format_info` turns that dict
 into the lines the command prints. A file read with inert stand-ins for pickled foreign objects
 (`ssl_kd/safe_unpickle.py`) gets a `stood in for:` line naming every class and function stood in for.
+The `projection head:` line says whether the file carries an SSL projection head that
+`teacher.embedding=head` can use, its layers and its width.
 """
 
 from __future__ import annotations
@@ -44,7 +46,27 @@ def inspect_teacher(
         "num_classes": int(getattr(teacher.backbone, "num_classes", 0)) if teacher.has_logits else 0,
         "parameters": sum(p.numel() for p in teacher.backbone.parameters()),
         "meta": dict(teacher.meta),
+        "projection_head": _head(teacher),
     }
+
+
+def _head(teacher) -> dict[str, Any] | None:
+    """The projection head the teacher carries ({name, source, layers, dim}), {"problem"} when the file's
+    cannot be built, else None."""
+    head = getattr(teacher, "head_info", None)
+    if head is not None:
+        return {"name": head.name, "source": head.source, "layers": head.layers, "dim": head.dim}
+    problem = getattr(teacher.info, "head_problem", None)
+    return {"problem": problem} if problem else None
+
+
+def head_line(head: dict[str, Any] | None) -> str:
+    """`present (Linear 2048->2048, ReLU, Linear 2048->128; 128-d): MoCo v2 fc MLP, encoder_q.fc.*` or `none in this file`."""
+    if head is None:
+        return "none in this file"
+    if "problem" in head:
+        return f"in the file but not usable ({head['problem']})"
+    return f"present ({head['layers']}; {head['dim']}-d): {head['name']}, {head['source']}; teacher.embedding=head uses it"
 
 
 def format_info(info: dict[str, Any]) -> list[str]:
@@ -66,11 +88,13 @@ def format_info(info: dict[str, Any]) -> list[str]:
         ("std", _triple(info["std"])),
         ("input size", f"{info['input_size']} px" if info["input_size"] else "not recorded (teacher sees the data's size)"),
         ("logits", logits),
+        ("projection head", head_line(info.get("projection_head"))),
         ("parameters", f"{info['parameters']:,} ({info['parameters'] / 1e6:.1f} M)"),
     ]
     if info["meta"]:
         rows.append(("meta", ", ".join(f"{k}={v}" for k, v in info["meta"].items())))
-    width = max(len(name) for name, _ in rows) + 1
+    # aligned on the other names: the long "projection head:" label leaves the familiar columns where they were
+    width = max(len(name) for name, _ in rows if name != "projection head") + 1
     return [f"{name + ':':<{width}} {value}" for name, value in rows]
 
 

@@ -9,8 +9,11 @@ resolves the timm architecture (the file's own `arch` field, else its shapes, el
 every backbone tensor must land, with the right shape, and nothing may be left over except what the
 layout deliberately leaves out (projector heads, momentum encoder, queue, optimizer, classifier),
 which is named in one INFO log line. A plain timm/torchvision classifier keeps its head, and the
-teacher then also gives logits. `timm:NAME` teachers come from `hub.py`. `save_teacher` writes the
-project's own teacher file.
+teacher then also gives logits. An SSL projection head the layout hands over (`Converted.head`) is
+built (`heads.build_head`) and kept, frozen, beside the backbone: the teacher's `emb` stays the backbone
+feature until `Teacher.with_embedding("head")` (config `teacher.embedding`); the load line names it.
+`timm:NAME` teachers come from `hub.py`. `save_teacher` writes the project's own teacher file (the
+backbone only: a re-saved teacher carries no projection head).
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ from .formats import (
     layout_named,
 )
 from .formats import layouts as registered_layouts
+from .heads import HeadError, HeadInfo, build_head
 from .hub import check_timm_arch, is_timm_tag, load_timm_tag
 from .layouts.native import pack_ssl_kd
-from .teacher import LoadInfo, Teacher, note_resolution
+from .teacher import LoadInfo, Teacher, no_head_message, note_resolution
 
 __all__ = ["Teacher", "check_timm_arch", "fit_state_dict", "load_teacher", "resolve_arch", "save_teacher"]
 
@@ -73,15 +77,19 @@ def load_teacher(
     *,
     trust: bool = False,
     image_size: int | None = None,
+    need_head: bool = False,
 ) -> Teacher:
     """Load a teacher checkpoint of any supported layout as a frozen `Teacher` (see module docstring).
 
     `path_or_name`: a checkpoint file (torch pickle or `.safetensors`), or `timm:NAME[.TAG]` for timm's
     pretrained weights (downloads). `format="auto"` detects the layout; a layout name
     (`--teacher-format`) forces it. `trust` (`--trust-checkpoint`) allows a full unpickle of files that
-    pickle foreign classes. `image_size`: the side the teacher's backbone sees (see `Teacher`).
+    pickle foreign classes. `image_size`: the side the teacher's backbone sees (see `Teacher`). `need_head`
+    (`teacher.embedding=head`): a file without a usable projection head is a `UserError`, before the load line.
     """
     if is_timm_tag(path_or_name):
+        if need_head:  # timm's pretrained weights are backbones (or classifiers): no SSL projection head
+            raise UserError(no_head_message(str(path_or_name), "timm-pretrained"))
         return load_timm_tag(str(path_or_name), arch, format, image_size)
     source = str(path_or_name)
     forced = None if format == "auto" else layout_named(format)  # a bad name fails before reading the file
@@ -98,11 +106,15 @@ def load_teacher(
     backbone, state_dict, ignored = build_backbone(converted, arch_name, source, keep_head=keep_head)
     backbone.load_state_dict(state_dict, strict=True)
     has_logits = getattr(backbone, "num_classes", 0) > 0
-    info = FileLoadInfo(arch_origin(converted, arch), len(state_dict), count_tensors(obj), ignored, stood_in)
+    head, head_info, head_problem = projection_head(converted, int(backbone.num_features))
+    if need_head and head is None:
+        raise UserError(no_head_message(source, layout.name, head_problem))
+    info = FileLoadInfo(arch_origin(converted, arch), len(state_dict), count_tensors(obj), ignored, stood_in=stood_in,
+                        head_problem=head_problem)
     log.info(
-        "teacher %s: format %s, arch %s, %d tensors loaded%s; ignored: %s%s",
+        "teacher %s: format %s, arch %s, %d tensors loaded%s; ignored: %s%s%s",
         source, layout.name, arch_name, len(state_dict), ", classifier kept for logits" if has_logits else "",
-        ", ".join(ignored) or "nothing",
+        ", ".join(ignored) or "nothing", head_note(head_info, head_problem),
         f"; stood in for (pickled, never run): {stood_in_line(stood_in)}" if stood_in else "",
     )
     return note_resolution(Teacher(
@@ -118,7 +130,30 @@ def load_teacher(
         source=source,
         info=info,
         model_kwargs=converted.model_kwargs,
+        projection_head=head,
+        head_info=head_info,
     ))
+
+
+def projection_head(converted: Converted, width: int) -> tuple[nn.Module | None, HeadInfo | None, str | None]:
+    """(head module, its info, None) for the file's projection head; (None, None, why) when it cannot be built;
+    all None when the file carries none."""
+    if converted.head is None:
+        return None, None, None
+    try:
+        head, info = build_head(converted.head, width)
+    except HeadError as err:
+        return None, None, f"{converted.head.source or converted.head.name}: {err}"
+    return head, info, None
+
+
+def head_note(info: HeadInfo | None, problem: str | None) -> str:
+    """The load line's part about the projection head ("" when the file has none)."""
+    if info is not None:
+        return f"; projection head kept for teacher.embedding=head: {info.source} ({info.name}: {info.layers}; {info.dim}-d)"
+    if problem is not None:
+        return f"; projection head not usable ({problem})"
+    return ""
 
 
 def stood_in_line(names: Sequence[str], limit: int = 6) -> str:

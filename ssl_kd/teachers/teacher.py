@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -11,7 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..embeddings import Embeddings
+from ..errors import UserError
 from ..students import backbone_with_maps
+from .heads import HeadInfo
+
+EMBEDDINGS = ("backbone", "head")  # the spaces a teacher's `emb` can be in (teacher.embedding, besides auto)
 
 
 @dataclass
@@ -22,6 +27,7 @@ class LoadInfo:
     loaded: int = 0  # tensors loaded into the model (strictly: all of its state)
     in_file: int = 0  # tensors anywhere in the file (weights, heads, momentum copies, optimizer state)
     ignored: list[str] = field(default_factory=list)  # what was deliberately left out, e.g. "encoder_k.* (320 tensors)"
+    head_problem: str | None = None  # why the file's projection head could not be built, when it could not
 
 
 class Teacher(nn.Module):
@@ -38,10 +44,12 @@ class Teacher(nn.Module):
     distilled on 96 px STL-10 images. ViT teachers at a side other than their `input_size` need their
     position embeddings resampled; that is the layout's job (`Converted.adapt` / `model_kwargs`).
 
-    Output: `Embeddings(feat=f, emb=f, logits=l)`, f the pooled pre-logits backbone feature
-    [B, embed_dim], computed without autograd. `l` is the classifier's output when the checkpoint is a
-    supervised classifier whose head was kept (`has_logits`), else None; SSL heads are projectors and
-    are never kept. `forward(x, maps=True)` also fills `maps`, the backbone's stage outputs
+    Output: `Embeddings(feat=f, emb=e, logits=l)`, f the pooled pre-logits backbone feature
+    [B, feat_dim], computed without autograd. `e` is f itself in the `backbone` space (the default), or
+    the SSL projection head's output `projection_head(f)` in the `head` space (`with_embedding("head")`,
+    config `teacher.embedding`), for files that carry their head (`formats.ProjectionHead`); `embed_dim`
+    is e's width. `l` is the classifier's output when the checkpoint is a supervised classifier whose
+    head was kept (`has_logits`), else None. `forward(x, maps=True)` also fills `maps`, the backbone's stage outputs
     (`ssl_kd.students.backbone_with_maps`), from the same single pass. Every parameter has
     `requires_grad=False`, and the module stays in eval mode whatever `.train()` is called with, on it
     or on a parent.
@@ -62,14 +70,20 @@ class Teacher(nn.Module):
         source: str = "",
         info: LoadInfo | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
+        projection_head: nn.Module | None = None,
+        head_info: HeadInfo | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.projection_head = projection_head  # the file's SSL head, frozen with the backbone (None: none in the file)
+        self.head_info = head_info if projection_head is not None else None
+        self.embedding = "backbone"  # which space `emb` is in; `with_embedding` gives the other view
         self.model_kwargs = dict(model_kwargs or {})  # extra timm.create_model kwargs, kept when re-saved
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.arch = arch
-        self.embed_dim: int = int(backbone.num_features)
+        self.feat_dim: int = int(backbone.num_features)  # width of `feat`, the backbone feature
+        self.embed_dim: int = self.feat_dim  # width of `emb`: the head's in the head space
         self.input_size = input_size
         self.image_size = image_size
         self.has_logits = has_logits
@@ -98,7 +112,29 @@ class Teacher(nn.Module):
         else:
             feat = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
         logits = self.backbone.get_classifier()(feat) if self.has_logits else None
-        return Embeddings(feat=feat, emb=feat, logits=logits, maps=stage_maps)
+        emb = self.projection_head(feat) if self.embedding == "head" else feat
+        return Embeddings(feat=feat, emb=emb, logits=logits, maps=stage_maps)
+
+    def with_embedding(self, space: str) -> Teacher:
+        """This teacher with `emb` in `space` ("backbone" or "head"): itself when it already is, else a view
+        sharing every module, parameter and buffer (nothing is copied; `feat` stays the backbone feature).
+        "head" on a teacher whose file carries no usable projection head is a `UserError`."""
+        if space not in EMBEDDINGS:
+            raise UserError(f"teacher.embedding={space}: not a known choice; give one of: auto, {', '.join(EMBEDDINGS)}")
+        if space == self.embedding:
+            return self
+        if space == "head" and self.projection_head is None:
+            raise UserError(no_head_message(self.source, self.format, self.info.head_problem))
+        view = copy.copy(self)  # nn.Module's shallow copy: the same _modules/_parameters/_buffers dicts
+        view.embedding = space
+        view.embed_dim = self.head_info.dim if space == "head" else self.feat_dim
+        return view
+
+    def embedding_line(self) -> str:
+        """`head (MoCo v2 fc MLP, 128-d)` or `backbone (2048-d)`: the space `emb` is in, for logs and the report."""
+        if self.embedding == "head":
+            return f"head ({self.head_info.line()})"
+        return f"backbone ({self.feat_dim}-d)"
 
     def resize(self, x: Tensor) -> Tensor:
         """`x` at image_size x image_size (bilinear, antialiased), or unchanged when no size is set."""
@@ -109,7 +145,15 @@ class Teacher(nn.Module):
 
     def extra_repr(self) -> str:
         logits = ", has_logits=True" if self.has_logits else ""
-        return f"arch={self.arch}, format={self.format}, embed_dim={self.embed_dim}{logits}, source={self.source!r}"
+        return (f"arch={self.arch}, format={self.format}, embedding={self.embedding}, embed_dim={self.embed_dim}{logits}, "
+                f"source={self.source!r}")
+
+
+def no_head_message(source: str, format: str, problem: str | None = None) -> str:
+    """The one line for `teacher.embedding=head` on a file without a usable projection head."""
+    why = f"has a projection head that cannot be used ({problem})" if problem else "carries no SSL projection head"
+    return (f"teacher.embedding=head: {source or 'the teacher'} ({format} format) {why}; "
+            "use teacher.embedding=backbone (or auto)")
 
 
 def note_resolution(teacher: Teacher) -> Teacher:

@@ -5,7 +5,11 @@
   `module.` + torchvision ResNet-50 names (no `fc`), `projection_head.{0,1,3}.*` and `prototypes.weight`
   (or `prototypes.prototypes{i}.weight`). The DeepCluster-v2 / SeLa-v2 files of the same release
   share the layout. SwAV's conv1 (ConstantPad2d(1) then padding 2) equals torchvision's padding 3;
-  the w2/w4/w5 models widen the stem too (see resnet_arch).
+  the w2/w4/w5 models widen the stem too (see resnet_arch). `projection_head` is kept as the projection
+  head (`teacher.embedding=head`): `src/resnet50.py` builds `nn.Sequential(nn.Linear(2048, hidden_mlp),
+  nn.BatchNorm1d(hidden_mlp), nn.ReLU(inplace=True), nn.Linear(hidden_mlp, output_dim))`, or one
+  `nn.Linear(2048, output_dim)` when `hidden_mlp == 0`; its output is L2-normalised before the
+  prototypes, which the methods do themselves. The BYOL and SimSiam layouts below keep no head.
 * `byol-pytorch`: lucidrains/byol-pytorch when the whole `BYOL` learner is saved: `net.*` and the
   same tensors under `online_encoder.net.*`, `online_encoder.projector.*`, `online_predictor.*`,
   `target_encoder.*`; possibly under a wrapper prefix (`learner.`, `model.`) and `state_dict`. The
@@ -32,6 +36,7 @@ from ..formats import (
     Converted,
     arch_field,
     group_keys,
+    head_under,
     inner_state_dict,
     is_state_dict,
     register_layout,
@@ -78,7 +83,9 @@ def _convert_swav(obj: Any) -> Converted:
     backbone = {k: v for k, v in state_dict.items() if not k.startswith(_SWAV_HEADS)}
     backbone, ignored = _without_fc(backbone, "fc.*")
     ignored += group_keys(heads) + unused_top_level(obj, used)
-    return resnet_converted(backbone, ignored=ignored, meta={"method": "swav", **_epochs(obj)})
+    converted = resnet_converted(backbone, ignored=ignored, meta={"method": "swav", **_epochs(obj)})
+    converted.head = head_under(state_dict, "projection_head.", activation="relu", name="SwAV projection head")
+    return converted
 
 
 # ------------------------------------------------------------------------------ lucidrains BYOL learner

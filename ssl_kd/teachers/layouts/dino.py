@@ -5,7 +5,11 @@
   (a timm-keyed ViT, or a torchvision ResNet without `fc`) and `head.*` (DINOHead: `mlp.*`,
   `last_layer.weight_g/_v`). The student is DDP-wrapped (`module.`); the teacher only when the
   backbone has BatchNorm. The `teacher` weights are taken, as DINO's own eval scripts do
-  (`--checkpoint_key teacher`); the arch comes from `args.arch` + `args.patch_size`.
+  (`--checkpoint_key teacher`); the arch comes from `args.arch` + `args.patch_size`. The teacher's
+  DINOHead MLP up to its bottleneck is kept as the projection head (`teacher.embedding=head`):
+  `vision_transformer.py` `DINOHead.mlp` is `Linear(D, 2048)[, BatchNorm1d], GELU, Linear(2048, 2048)[, BN],
+  GELU, Linear(2048, 256)` (`head.mlp.{0,2,4}`, with `use_bn` `{0,1,3,4,6}`; one bare Linear when
+  `nlayers=1`), 256-d; the L2 norm and the weight-normed `last_layer` (65536 prototypes) after it are not.
 * `vit_backbone`: DINO's released `dino_vit{small,base}{16,8}_pretrain.pth` are bare ViT state dicts
   (`cls_token, pos_embed, patch_embed.proj.*, blocks.N.*, norm.*`, no head): exactly the keys of a
   headless timm ViT. So this layout takes any ViT backbone with nothing else in it, bare or under
@@ -30,6 +34,7 @@ from ..formats import (
     StateDict,
     arch_field,
     group_keys,
+    head_under,
     infer_arch,
     inner_state_dict,
     is_state_dict,
@@ -122,7 +127,10 @@ def _is_dino(obj: Any) -> bool:
 )
 def _convert_dino(obj: Mapping[str, Any]) -> Converted:
     backbone, ignored = training_backbone(obj)
-    return backbone_converted(backbone, args_arch(file_args(obj)), ignored, epochs_meta(obj, "dino"))
+    converted = backbone_converted(backbone, args_arch(file_args(obj)), ignored, epochs_meta(obj, "dino"))
+    converted.head = head_under(strip_wrapper_prefixes(obj["teacher"]), "head.mlp.", activation="gelu",
+                                name="DINO head MLP to its bottleneck", source="teacher head.mlp.*")
+    return converted
 
 
 def _vit_only(obj: Any) -> bool:

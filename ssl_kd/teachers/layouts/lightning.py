@@ -15,7 +15,12 @@ the LightningModule's attributes, so the backbone sits under its attribute name:
 * Spijkervet/SimCLR `main_pl.py`: `encoder.*`, with the same tensors again under `model.encoder.*`.
 
 The backbone is kept (prefix removed as a true prefix, its `fc.*` dropped); everything else is
-named as ignored. `hyper_parameters` may hold arbitrary objects: they are only read for the method
+named as ignored. The online projector is kept as the projection head (`teacher.embedding=head`; ReLU
+between layers in all three): solo-learn `projector.*` (`solo/methods/*.py`: e.g. simclr Linear-ReLU-Linear,
+byol/swav Linear-BN-ReLU-Linear, barlow/vicreg/nnclr/simsiam three Linears, some ending in a BatchNorm1d),
+lightly `projection_head.layers.*` (`lightly/models/modules/heads.py` `ProjectionHead`: Linear[-BN][-ReLU]
+blocks in one `layers` Sequential), Spijkervet `model.projector.*` (Linear-ReLU-Linear, no biases). The
+momentum copies (`momentum_projector.*`, `projection_head_momentum.*`) and predictors are not heads. `hyper_parameters` may hold arbitrary objects: they are only read for the method
 name. Detection needs a `backbone.`/`encoder.` key plus a Lightning top-level key (`global_step`,
 `pytorch-lightning_version`, ...) or, for `backbone.`, a sibling SSL head; DINO's `backbone.` +
 `head.last_layer` is left to the DINO layout.
@@ -27,7 +32,9 @@ from typing import Any, Mapping
 
 from ..formats import (
     Converted,
+    ProjectionHead,
     group_keys,
+    head_under,
     inner_state_dict,
     register_layout,
     unused_top_level,
@@ -41,6 +48,9 @@ _SSL_HEADS = (
 )
 _SOLO_HEADS = ("projector.", "momentum_backbone.", "classifier.")
 _BACKBONE_PREFIXES = ("backbone.", "encoder.")
+# (prefix, what it is) of the online projection head, first match wins (see the module docstring)
+_PROJECTORS = (("projector.", "projector"), ("projection_head.layers.", "lightly projection head"),
+               ("model.projector.", "SimCLR projector (Spijkervet main_pl.py)"))
 
 
 def _lightning_state_dict(obj: Any) -> tuple[dict | None, str | None]:
@@ -96,4 +106,15 @@ def _convert_lightning(obj: Mapping[str, Any]) -> Converted:
         meta["lightning"] = obj["pytorch-lightning_version"]
     solo = prefix == "backbone." and any(key.startswith(_SOLO_HEADS) for key in rest)
     meta = {k: v for k, v in meta.items() if v is not None}
-    return resnet_converted(backbone, small_stem_padding=2 if solo else 1, ignored=ignored, meta=meta)
+    converted = resnet_converted(backbone, small_stem_padding=2 if solo else 1, ignored=ignored, meta=meta)
+    converted.head = _projector(state_dict or {}, solo)
+    return converted
+
+
+def _projector(state_dict: Mapping[str, Any], solo: bool) -> ProjectionHead | None:
+    for prefix, name in _PROJECTORS:
+        name = f"solo-learn {name}" if solo and prefix == "projector." else name
+        head = head_under(state_dict, prefix, activation="relu", name=name)
+        if head is not None:
+            return head
+    return None

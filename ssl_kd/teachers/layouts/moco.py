@@ -1,4 +1,9 @@
-"""MoCo v1/v2 (facebookresearch/moco main_moco.py): `encoder_q` minus its `fc` projector."""
+"""MoCo v1/v2 (facebookresearch/moco main_moco.py): `encoder_q` minus its `fc` projector.
+
+The projector is kept as the file's projection head (`teacher.embedding=head`): `moco/builder.py` builds
+`encoder_q = base_encoder(num_classes=dim)` (v1: `fc` one Linear 2048->128) and with `--mlp` (v2) replaces
+it by `nn.Sequential(nn.Linear(2048, 2048), nn.ReLU(), fc)`: `encoder_q.fc.0` Linear, `.1` ReLU, `.2` Linear.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from ..formats import (
     Converted,
     arch_field,
     group_keys,
+    head_under,
     inner_state_dict,
     register_layout,
     unused_top_level,
@@ -34,6 +40,9 @@ def _convert_moco(obj: Any) -> Converted:
     if isinstance(obj, Mapping) and isinstance(obj.get("epoch"), int):
         meta["epochs"] = obj["epoch"]
     backbone = {k: v for k, v in encoder.items() if not k.startswith("fc.")}
-    return resnet_converted(backbone, arch=arch_field(obj), ignored=ignored, meta=meta)
+    converted = resnet_converted(backbone, arch=arch_field(obj), ignored=ignored, meta=meta)
+    name = "MoCo v2 fc MLP" if version == "v2" else "MoCo v1 fc" if version == "v1" else "MoCo fc"
+    converted.head = head_under(encoder, "fc.", activation="relu", name=name, source="encoder_q.fc.*")
+    return converted
 
 

@@ -18,6 +18,12 @@ Google's SimCLR release is TensorFlow only; these are the PyTorch files people b
   (torchvision ResNet, `fc` = Identity) and `projector.{0,2}.weight`. Its Lightning `.ckpt` goes to
   the `lightning` layout (`encoder.*` under `state_dict`).
 
+Projection heads (`teacher.embedding=head`): `simclr-v2` keeps the file's `head` (Separius `resnet.py`
+`ContrastiveHead`: `layers.{0,3,6}` Linear without bias, `layers.{1,4,7}` BatchNorm1d, ReLU at 2 and 5;
+converted from TF's `head_contrastive/nl_{0,1,2}`; 128-d), `simclr-spijkervet` its `projector` (Spijkervet
+`simclr/simclr.py`: `projector.0` Linear without bias, `.1` ReLU, `.2` Linear without bias). tonylins'
+v1 conversion writes no projection head (its `fc` is TF's supervised head): none.
+
 All three were trained on images in [0, 1] without mean/std normalisation (TF SimCLR
 preprocessing; Spijkervet's `TransformsSimCLR` ends in `ToTensor()`): the teacher gets mean 0, std 1.
 """
@@ -31,6 +37,7 @@ from ...errors import UserError
 from ..formats import (
     Converted,
     group_keys,
+    head_under,
     is_state_dict,
     register_layout,
     unused_top_level,
@@ -130,7 +137,11 @@ def _convert_simclr_v2(obj: Mapping[str, Any]) -> Converted:
         raise UserError(f"unexpected SimCLRv2 resnet keys {first} ({len(unknown)} in all); is it another model?")
     ignored = ([f"supervised head resnet.fc.* ({len(head)} tensors)"] if head else []) + unused_top_level(obj, "resnet")
     meta = {"method": "simclr-v2", "width": _width(backbone), "converter": "Separius/SimCLRv2-Pytorch"}
-    return resnet_converted(backbone, ignored=ignored, meta=meta, **NO_NORMALISATION)
+    converted = resnet_converted(backbone, ignored=ignored, meta=meta, **NO_NORMALISATION)
+    if is_state_dict(obj.get("head")):
+        converted.head = head_under(obj["head"], "layers.", activation="relu", name="SimCLRv2 contrastive head",
+                                    source="head.layers.*")
+    return converted
 
 
 # ------------------------------------------------------------------------------ Spijkervet/SimCLR
@@ -154,4 +165,6 @@ def _is_spijkervet(obj: Any) -> bool:
 def _convert_spijkervet(obj: Mapping[str, Any]) -> Converted:
     backbone, rest = split_prefix(obj, "encoder.")
     meta = {"method": "simclr", "source": "Spijkervet/SimCLR"}
-    return resnet_converted(backbone, ignored=group_keys(rest), meta=meta, **NO_NORMALISATION)
+    converted = resnet_converted(backbone, ignored=group_keys(rest), meta=meta, **NO_NORMALISATION)
+    converted.head = head_under(obj, "projector.", activation="relu", name="SimCLR projector")
+    return converted
