@@ -3,7 +3,8 @@
     python pipelines/pretrain_ssl.py --config configs/digits-teacher.yaml
     python pipelines/pretrain_ssl.py --data cifar10 --data-root ~/data --arch resnet18 --epochs 200
 
-The file (`OUT/teacher.pth`: timm backbone weights in fp16, arch, mean/std, input size, the command)
+The file (`OUT/teacher.pth`: timm backbone weights in fp16, its SimCLR projection head (for
+`teacher.embedding=head`), arch, mean/std, input size, the command)
 loads with `load_teacher(path)` like any downloaded checkpoint. The embedded default teacher
 (ssl_kd/assets/) was made by the first command above.
 """
@@ -77,6 +78,7 @@ def pretrain(cfg: PretrainConfig, device, argv) -> Path:
     path = save_teacher(
         out / "teacher.pth", backbone.cpu(), cfg.arch, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         input_size=cfg.data.image_size, meta={"method": "simclr", "dataset": cfg.data.name, "epochs": cfg.train.epochs, "command": command},
+        head=objective.projection_head_record(),
     )
     say(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return path

@@ -90,13 +90,6 @@ def in_embedding_space(cfg: Config, teacher: Teacher) -> Teacher:
 def refuse_head_space(cfg: Config) -> None:
     """One line for the combinations that would fail, or train on the wrong tensors, in the head space."""
     method = cfg.loss.method
-    if method == "crd":
-        raise UserError("loss.method=crd reads only the teacher's backbone feature (through a layer sized to the embedding "
-                        "width), so teacher.embedding=head cannot apply to it; use teacher.embedding=backbone (or auto)")
-    if method == "dlkd" and cfg.loss.dlkd.contrast == "supcon" and cfg.loss.dlkd.contrast_weight:
-        raise UserError("loss.dlkd.contrast=supcon feeds the teacher's backbone feature to a layer sized to its embedding, "
-                        "which teacher.embedding=head makes the projection head's width; use loss.dlkd.contrast=queue or "
-                        "teacher.embedding=backbone")
     if cfg.train.teacher_cache and method in READS_TEACHER_FEAT:
         raise UserError(f"train.teacher_cache keeps only the teacher's embedding (with teacher.embedding=head its projection "
                         f"head's output), but {method} also reads its backbone feature; set train.teacher_cache=0 or "
@@ -231,7 +224,8 @@ def build_objective(cfg: Config, teacher: Teacher, student: Student, num_samples
 def _method_for(cfg: Config, teacher: Teacher, student: Student, num_samples: int) -> tuple[nn.Module, MomentumQueue | None]:
     """One teacher's method instance (sized to that teacher) and its momentum queue, if it needs one."""
     num_classes = getattr(teacher.backbone, "num_classes", 0) if getattr(teacher, "has_logits", False) else 0
-    dims = MethodDims(student_dim=student.feat_dim, teacher_dim=teacher.embed_dim, num_samples=num_samples, num_classes=num_classes)
+    dims = MethodDims(student_dim=student.feat_dim, teacher_dim=teacher.embed_dim, num_samples=num_samples, num_classes=num_classes,
+                      teacher_feat_dim=getattr(teacher, "feat_dim", teacher.embed_dim))
     method = build_method(cfg.loss, dims)
     if method.needs_logits and not num_classes:
         raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")

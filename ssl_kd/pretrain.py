@@ -32,3 +32,10 @@ class SimCLRObjective(nn.Module):
 
     def after_step(self) -> None:
         pass
+
+    def projection_head_record(self) -> dict:
+        """The head for `save_teacher(head=...)`: lightly's `SimCLRProjectionHead` keeps its layers in `.layers`
+        (Linear, BatchNorm1d, ReLU, Linear), so its `layers.N.*` keys are the `N.*` a projection head is read by."""
+        layers = self.trainable["head"].layers.state_dict()
+        return {"state_dict": {key: value.detach().cpu() for key, value in layers.items()}, "activation": "relu",
+                "name": "SimCLR projection MLP (lightly)"}

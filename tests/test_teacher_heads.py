@@ -325,16 +325,29 @@ def test_auto_picks_the_head_for_seed_and_compress_only(moco: Path) -> None:
 def test_head_space_refusals(moco: Path) -> None:
     teacher = load_teacher(moco)
     in_embedding_space(_cfg("dlkd", "head"), teacher)  # DLKD's corr reads feat, its align emb: fine live
-    cases = [(_cfg("crd", "head"), "crd reads only the teacher's backbone feature"),
-             (_cfg("dlkd", "head", teacher_cache=4), "train.teacher_cache keeps only the teacher's embedding"),
+    cases = [(_cfg("dlkd", "head", teacher_cache=4), "train.teacher_cache keeps only the teacher's embedding"),
              (_cfg("rkd", "head", teacher_cache=4), "rkd also reads its backbone feature")]
-    supcon = _cfg("dlkd", "head")
-    supcon.loss.dlkd.contrast = "supcon"
-    cases.append((supcon, "loss.dlkd.contrast=supcon"))
     for cfg, phrase in cases:
         with pytest.raises(UserError, match=phrase):
             in_embedding_space(cfg, teacher)
     in_embedding_space(_cfg("seed", "head", teacher_cache=4), teacher)  # SEED reads emb only: cacheable
+
+
+def test_crd_and_dlkd_supcon_size_their_teacher_layer_to_the_backbone_feature_in_the_head_space(moco: Path) -> None:
+    """Both read teacher.feat (the backbone's 512-d) through a linear layer, whatever width the head gives emb."""
+    from ssl_kd.distill import build_objective, build_student
+
+    teacher = load_teacher(moco)
+    for method, contrast in (("crd", "queue"), ("dlkd", "supcon")):
+        cfg = _cfg(method, "head")
+        cfg.loss.dlkd.contrast, cfg.loss.queue_size, cfg.student.proj_hidden = contrast, 8, 32
+        view = in_embedding_space(cfg, teacher)
+        assert (view.embed_dim, view.feat_dim) == (128, 512)
+        student = build_student(cfg, view)
+        objective = build_objective(cfg, view, student, 16)
+        out = objective([torch.rand(4, 3, 32, 32) for _ in range(2)], torch.arange(4))
+        losses = out[0] if isinstance(out, tuple) else out
+        assert torch.isfinite(losses["loss"]), method
 
 
 def test_validation_and_resume_check() -> None:
@@ -423,3 +436,23 @@ def test_seed_run_distils_the_head_and_reports_it(moco: Path, tmp_path: Path, ca
     assert not any("projection_head" in key for key in trainable)  # the head is the frozen teacher's, not trained
     last = [v for k, v in trainable.items() if k.startswith("student.projector.") and k.endswith("weight")][-1]
     assert last.shape[0] == 128
+
+
+def test_a_teacher_pretrained_here_keeps_its_simclr_head(tmp_path):
+    """pipelines/pretrain_ssl.py saves lightly's SimCLRProjectionHead with the backbone: `head` is exactly it."""
+    import timm
+
+    from ssl_kd.pretrain import SimCLRObjective
+    from ssl_kd.teachers import load_teacher, save_teacher
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("resnet10t", num_classes=0)
+    objective = SimCLRObjective(backbone, (0.5,) * 3, (0.25,) * 3, proj_dim=16).eval()
+    path = save_teacher(tmp_path / "teacher.pth", backbone, "resnet10t", mean=(0.5,) * 3, std=(0.25,) * 3, input_size=32,
+                        half=False, head=objective.projection_head_record())
+    teacher = load_teacher(str(path), image_size=32)
+    assert teacher.head_info.dim == 16 and teacher.head_info.name == "SimCLR projection MLP (lightly)"
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = objective.trainable["head"](backbone((images - objective.mean) / objective.std))
+        torch.testing.assert_close(teacher.with_embedding("head")(images).emb, expected, rtol=0, atol=0)

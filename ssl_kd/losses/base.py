@@ -59,6 +59,12 @@ class MethodDims:
     teacher_dim: int  # teacher embedding width (teacher.emb; also student.emb, the projector output)
     num_samples: int = 0  # training-set size (memory banks indexed by image)
     num_classes: int = 0  # a supervised teacher's classes (0: label-free teacher, pseudo-logits)
+    teacher_feat_dim: int = 0  # teacher backbone feature width (teacher.feat); 0: teacher_dim (backbone space)
+
+    @property
+    def teacher_feature_dim(self) -> int:
+        """The width of `teacher.feat`: `teacher_feat_dim`, or `teacher_dim` when the embedding is the feature."""
+        return self.teacher_feat_dim or self.teacher_dim
 
 
 class DistillMethod(nn.Module):

@@ -125,5 +125,5 @@ class CRD(DistillMethod):
 @register_method("crd")
 def _crd(cfg: LossConfig, dims: MethodDims) -> CRD:
     c = cfg.crd
-    return CRD(dims.student_dim, dims.teacher_dim, dims.num_samples, embed_dim=c.embed_dim, negatives=c.negatives,
+    return CRD(dims.student_dim, dims.teacher_feature_dim, dims.num_samples, embed_dim=c.embed_dim, negatives=c.negatives,
                temperature=c.temperature, momentum=c.momentum, weight=c.weight)

@@ -129,7 +129,7 @@ class DLKD(DistillMethod):
         self.settings = settings
         self.needs_queue = settings.contrast == "queue"
         self.corr_head = mlp_head(dims.student_dim, dims.student_dim, dims.student_dim)  # h_C
-        self.supcon_heads = SupConHeads(dims.student_dim, dims.teacher_dim, settings.supcon_dim) if settings.contrast == "supcon" else None
+        self.supcon_heads = SupConHeads(dims.student_dim, dims.teacher_feature_dim, settings.supcon_dim) if settings.contrast == "supcon" else None
 
     def forward(self, student: Embeddings, teacher: Embeddings, queue: torch.Tensor | None, ctx: StepContext) -> dict:
         w = self.settings

@@ -240,18 +240,21 @@ def save_teacher(
     meta: Mapping[str, Any] | None = None,
     half: bool = True,
     model_kwargs: Mapping[str, Any] | None = None,
+    head: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an `ssl_kd` teacher file atomically; `load_teacher` reads it back with no other argument.
 
     `backbone` is the timm model built with `num_classes=0` (or its state dict). With `half`, its
     floating tensors are stored as fp16 to halve the file; integer buffers stay integer.
     `model_kwargs` (plain values, e.g. a loaded teacher's `teacher.model_kwargs`) are stored and passed
-    to `timm.create_model` on load.
+    to `timm.create_model` on load. `head` (optional): the SSL projection head, {"state_dict" (keys `N.weight`,
+    `N.running_mean`, ... of its `nn.Sequential`), "activation" ("relu" | "gelu"), "name"}; kept in the file for
+    `teacher.embedding=head`.
     """
     check_timm_arch(arch)
     state_dict = backbone.state_dict() if isinstance(backbone, nn.Module) else dict(backbone)
     record = pack_ssl_kd(state_dict, arch, mean=mean, std=std, input_size=input_size, meta=meta, half=half,
-                         model_kwargs=model_kwargs)
+                         model_kwargs=model_kwargs, head=head)
     return save_atomic(record, path)
 
 

@@ -10,6 +10,7 @@ from torch import Tensor
 from ...errors import UserError
 from ..formats import (
     Converted,
+    ProjectionHead,
     arch_field,
     is_state_dict,
     register_layout,
@@ -32,10 +33,13 @@ def pack_ssl_kd(
     meta: Mapping[str, Any] | None,
     half: bool,
     model_kwargs: Mapping[str, Any] | None = None,
+    head: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The `ssl_kd` teacher record. With `half`, floating tensors are stored as fp16 (unless out of range)."""
+    """The `ssl_kd` teacher record. With `half`, floating tensors are stored as fp16 (unless out of range).
+    `head` (optional): the SSL projection head as {"state_dict": tensors keyed `N.weight` ..., "activation",
+    "name"}, stored under "head" and read back as the teacher's `teacher.embedding=head`."""
     tensors = {key: _storable(value, half) for key, value in state_dict.items()}
-    return {
+    record = {
         SSL_KD_KEY: SSL_KD_VERSION,
         "arch": arch,
         "state_dict": tensors,
@@ -45,6 +49,10 @@ def pack_ssl_kd(
         "meta": _plain(dict(meta or {})),
         "model_kwargs": _plain(dict(model_kwargs or {})),
     }
+    if head is not None:
+        record["head"] = {"state_dict": {key: _storable(value, half) for key, value in head["state_dict"].items()},
+                          "activation": str(head.get("activation", "relu")), "name": str(head.get("name", "projection head"))}
+    return record
 
 
 def _storable(value: Tensor, half: bool) -> Tensor:
@@ -95,7 +103,7 @@ def _convert_ssl_kd(obj: Mapping[str, Any]) -> Converted:
     meta = dict(obj["meta"]) if isinstance(obj.get("meta"), Mapping) else {}
     kwargs = obj.get("model_kwargs")
     # a re-saved CIFAR-stem or wide-stem ResNet is rebuilt by the same recipe that first loaded it
-    return resnet_converted(
+    converted = resnet_converted(
         dict(obj["state_dict"]),
         small_stem_padding=int(meta.get("small_stem_padding", 1)),
         arch=obj["arch"],
@@ -105,5 +113,10 @@ def _convert_ssl_kd(obj: Mapping[str, Any]) -> Converted:
         meta=meta,
         model_kwargs=dict(kwargs) if isinstance(kwargs, Mapping) else {},
     )
+    head = obj.get("head")
+    if isinstance(head, Mapping) and is_state_dict(head.get("state_dict")):
+        converted.head = ProjectionHead(dict(head["state_dict"]), activation=str(head.get("activation", "relu")),
+                                        name=str(head.get("name", "projection head")), source="head.*")
+    return converted
 
 
