@@ -4,6 +4,7 @@
     python pipelines/compare.py --methods dlkd,dlkd_align,dlkd_corr,kd,ckd --seeds 5 --epochs 20
     python pipelines/compare.py --methods dlkd,dlkd@rotations            # DLKD's four-rotation input vs two crops
     python pipelines/compare.py --methods dlkd,dlkd@supcon               # DLKD's queue contrast vs the reference's SupCon
+    python pipelines/compare.py --methods seed@head,seed@backbone --teacher moco_v2.pth ...  # SEED in both spaces
     python pipelines/compare.py --methods all --teacher moco_v2.pth --data imagefolder --data-root DIR
 
 Every (method, seed) run is a normal distillation run in OUT/<method>/seed<N>/ (resumable; a run
@@ -66,6 +67,8 @@ VARIANTS = {  # name -> (config key, value)
     "rotations": ("data.views", "rotations"),  # DLKD's four-rotation input
     "queue": ("loss.dlkd.contrast", "queue"),  # DLKD's contrast against the momentum queue (the default)
     "supcon": ("loss.dlkd.contrast", "supcon"),  # the reference's label-free SupCon
+    "head": ("teacher.embedding", "head"),  # the teacher file's SSL projection head as its embedding
+    "backbone": ("teacher.embedding", "backbone"),  # the pooled backbone feature
 }
 
 

@@ -12,9 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssl_kd.config import Config
 from ssl_kd.evaluation.compare import aggregate, markdown, summarize
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_compare():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_compare_main", REPO / "pipelines" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+COMPARE = _load_compare()
 
 
 def test_summarize_is_mean_and_sample_std() -> None:
@@ -55,6 +68,12 @@ def test_compare_pipeline_tiny(tmp_path: Path) -> None:
     assert 0.0 <= report["table"]["dlkd"]["map_at_r"]["mean"] <= 100.0 and "recall_at_1" in report["table"]["raw pixels"]
     again = run_compare(*args, cwd=tmp_path)  # every run is done: nothing is trained again
     assert again.returncode == 0 and "distilling" not in again.stdout and "done before" in again.stdout
+
+
+def test_variants_set_their_keys() -> None:
+    assert COMPARE.chosen_methods("seed@head,dlkd@supcon@rotations") == ["seed@head", "dlkd@supcon@rotations"]
+    run = COMPARE.seeded(Config(), "seed@head", 2, Path("cmp"))
+    assert (run.loss.method, run.teacher.embedding, run.train.seed, run.out) == ("seed", "head", 2, str(Path("cmp/seed@head/seed2")))
 
 
 def test_compare_rejects_unknown_methods(tmp_path: Path) -> None:
