@@ -3,11 +3,14 @@ mid-epoch) and evaluation (ordered and complete)."""
 
 from __future__ import annotations
 
+import signal
+
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .errors import UserError
 from .parallel import rank, world_size
+from .preemption import STOP_SIGNALS
 
 def per_process_batch(batch_size: int, num_images: int, world: int) -> int:
     """Images each of `world` processes takes per step for a GLOBAL batch of `batch_size` (tiny data:
@@ -43,6 +46,15 @@ class TrainingSampler(DistributedSampler):
         return super().__len__() - self.skip
 
 
+def leave_stop_signals_to_the_main_process(worker_id: int = 0) -> None:
+    """A loader worker's `worker_init_fn`: SIGTERM, SIGUSR1 and SIGINT are ignored in the worker. Schedulers
+    (SLURM) and a terminal's Ctrl-C signal the whole process group; a worker killed mid-batch would take the
+    run down (the loader's SIGCHLD check raises in the main process) before the main process could write
+    its checkpoint (`ssl_kd.preemption`). The main process stops the workers itself when it is done."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int, seed: int = 0,
                 pin_memory: bool = False, tag_epoch: bool = False) -> DataLoader:
     """Training: shuffled, drop-last, sharded over processes; evaluation: ordered and complete.
@@ -56,7 +68,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: 
     dataset is asked for `(index, epoch)` instead of `index` (`TrainingSampler`).
     """
     options = dict(num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=pin_memory,
-                   prefetch_factor=4 if num_workers > 0 else None)
+                   prefetch_factor=4 if num_workers > 0 else None,
+                   worker_init_fn=leave_stop_signals_to_the_main_process if num_workers > 0 else None)
     if not train:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **options)
     world = world_size()

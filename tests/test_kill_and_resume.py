@@ -124,10 +124,11 @@ def test_sigkill_mid_epoch_then_the_same_command_ends_bit_exact_redoing_under_on
 
 
 def test_sigterm_checkpoints_within_one_step_exits_75_and_the_rerun_ends_bit_exact(tmp_path, uninterrupted):
+    """SIGTERM to the whole process group, loader workers included, as SLURM sends it."""
     run = tmp_path / "run"
     job = start(run)
     done_when_signalled = wait_until_logged(run, job, 1)
-    os.kill(job.pid, signal.SIGTERM)
+    os.killpg(job.pid, signal.SIGTERM)
     status, stderr = finish(job)
     assert status == 75, stderr[-3000:]
     last_line = stderr.strip().splitlines()[-1]
