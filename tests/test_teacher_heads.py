@@ -44,13 +44,7 @@ def _root_logging_restored():
     root.setLevel(level)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny forwards: one intra-op thread is far faster than two fighting a busy machine (as test_teacher_layouts_vit)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------ the head, by hand

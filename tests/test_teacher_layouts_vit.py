@@ -22,13 +22,7 @@ from ssl_kd.teachers.formats import infer_arch, layout_named, layouts
 MEAN, STD = timm.data.IMAGENET_DEFAULT_MEAN, timm.data.IMAGENET_DEFAULT_STD
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These forwards are tiny: one intra-op thread is 3x faster here than two fighting a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _vit(arch: str, seed: int = 0, **kwargs) -> nn.Module:
