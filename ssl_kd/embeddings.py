@@ -12,8 +12,9 @@ class Embeddings:
     """Outputs of one network on one batch.
 
     feat:   backbone features before any projection, [B, D_backbone].
-    emb:    the embedding the loss compares, [B, D] (for a teacher the backbone feature itself;
-            for a student its projector output, sized to the teacher's width). Not normalized:
+    emb:    the embedding the loss compares, [B, D] (for a teacher its backbone feature, or its
+            projection head's output with `teacher.embedding=head`; for a student its projector
+            output, sized to the teacher's embedding width). Not normalized:
             losses normalize once, where their formula says so.
     logits: class logits [B, C] from a supervised teacher, else None.
     maps:   the backbone's stage outputs [B, C_i, H_i, W_i] in stage order (timm's

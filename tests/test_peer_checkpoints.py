@@ -189,16 +189,27 @@ def test_dino_checkpoint_gives_the_ema_teacher(tmp_path: Path, source: nn.Module
     assert "teacher_projection_head.* (2 tensors)" in teacher.info.ignored
 
 
-def test_torchvision_wrapper_keys(tmp_path: Path, source: nn.Module) -> None:
-    """lightly-train's torchvision ResNet wrapper keeps the net as `_features` (IntermediateLayerGetter, no fc)."""
+def test_torchvision_wrapper_keys_and_the_simclr_head(tmp_path: Path, source: nn.Module) -> None:
+    """lightly-train's torchvision ResNet wrapper keeps the net as `_features` (IntermediateLayerGetter, no fc);
+    simclr's `projection_head.layers.*` (lightly's SimCLRProjectionHead: Linear-BN-ReLU-Linear-BN) is the head."""
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(512, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Linear(16, 8, bias=False), nn.BatchNorm1d(8)).eval()
+    for bn in (head[1], head[4]):
+        nn.init.normal_(bn.weight), nn.init.normal_(bn.bias), nn.init.normal_(bn.running_mean)
+        bn.running_var.uniform_(0.5, 2.0)
     state = {f"embedding_model.wrapped_model._features.{k}": v for k, v in backbone_state(source).items()}
-    state["projection_head.layers.0.weight"] = torch.randn(8, 512)
+    state |= {f"projection_head.layers.{k}": v for k, v in head.state_dict().items()}
     torch.save({"epoch": 1, "global_step": 9, "state_dict": state}, tmp_path / "simclr.ckpt")  # no pickled objects
     teacher = load_teacher(tmp_path / "simclr.ckpt")
     assert teacher.format == "lightly_train" and teacher.info.stood_in == []
     assert teacher.meta["weights"] == "embedding_model" and "torchvision" in teacher.meta["backbone"]
-    assert teacher.info.ignored == ["projection_head.* (1 tensors)"]
+    assert teacher.info.ignored == [] and teacher.head_info.dim == 8
     assert_same_backbone(teacher, source)
+    x = images(2, 32)
+    with torch.no_grad():
+        out = teacher.with_embedding("head").eval()(x)
+        torch.testing.assert_close(out.emb, head(out.feat), rtol=0, atol=1e-6)
 
 
 def test_detectors_never_raise() -> None:

@@ -25,7 +25,11 @@ writes:
   `teacher_embedding_model.wrapped_model._model.*`, else `embedding_model...`, else
   `student_embedding_model...`. timm builds the model with its default classifier (`num_classes`
   1000 unless `model_args` say otherwise); pretraining never uses or trains it, so its `fc.*` /
-  `head.*` is dropped as ignored. Mean/std come from `normalize_args`.
+  `head.*` is dropped as ignored. Mean/std come from `normalize_args`. The methods that keep the
+  model as `embedding_model` keep their head as `projection_head.layers.*` (lightly's
+  `SimCLRProjectionHead`: Linear-BN-ReLU-Linear-BN); it is kept as the teacher's projection head
+  (`teacher.embedding=head`). The DINO and distillation heads are not (DINO's ends in
+  prototypes, distillation's maps onto a DINOv2 teacher's space) and are listed as ignored.
 * `OUT/exported_models/exported_last.pt`, written every epoch by the `ModelExport` callback
   (`_callbacks/export.py` -> `_models/timm/timm_package.py` `export_model`):
   `torch.save(model.state_dict(), out)`, a bare state dict of the timm model with timm's key names
@@ -48,6 +52,7 @@ from typing import Any, Mapping
 from ..formats import (
     Converted,
     StateDict,
+    head_under,
     inner_state_dict,
     is_state_dict,
     layouts,
@@ -63,6 +68,7 @@ from .vit_arch import read_vit
 _EMBEDDING_MODELS = ("teacher_embedding_model.", "embedding_model.", "student_embedding_model.")
 _WRAPPERS = ("wrapped_model._model.", "wrapped_model._features.")  # TIMMModelWrapper, torchvision ResNetModelWrapper
 EXPORT = "lightly_train_export"
+_HEAD = "projection_head.layers."  # the `embedding_model` methods' head (simclr; see the docstring)
 
 
 def _backbone_prefix(state_dict: Mapping[str, Any]) -> str | None:
@@ -127,7 +133,8 @@ def _convert_lightly_train(obj: Mapping[str, Any]) -> Converted:
     prefix = prefix or ""
     backbone, rest = split_prefix(state_dict or {}, prefix)
     model = prefix.split(".", 1)[0]
-    ignored = _group(rest, model + ".")
+    head = head_under(state_dict or {}, _HEAD, name="lightly-train SimCLR projection head") if model == "embedding_model" else None
+    ignored = _group([key for key in rest if head is None or not key.startswith(_HEAD)], model + ".")
     ignored += [f"{name} (its pickled model objects; only normalize_args is read)" if name == "lightly_train" else name
                 for name in unused_top_level(obj, "state_dict")]
     meta: dict[str, Any] = {"weights": model}
@@ -138,7 +145,9 @@ def _convert_lightly_train(obj: Mapping[str, Any]) -> Converted:
         meta["epochs"] = obj["epoch"]
     if prefix.endswith("._features."):
         meta["backbone"] = "torchvision ResNet (IntermediateLayerGetter)"
-    return _backbone(backbone, ignored=ignored, meta=meta, **_normalisation(obj))
+    converted = _backbone(backbone, ignored=ignored, meta=meta, **_normalisation(obj))
+    converted.head = head
+    return converted
 
 
 def _is_export(obj: Any) -> bool:
