@@ -1,87 +1,68 @@
-"""`python -m ssl_kd COMMAND ...`: the package's command line.
+"""`ssl-kd COMMAND ...` (also `python -m ssl_kd COMMAND ...`): the package's command line.
 
-    python -m ssl_kd export RUN_DIR --format timm|torchscript|onnx [--out FILE] [--image-size N] [--batch N]
+    ssl-kd distill                                  # the embedded default: digits, shipped teacher
+    ssl-kd distill --teacher moco_v2_800ep_pretrain.pth.tar --data imagefolder --data-root /data/imagenet
+    ssl-kd knn runs/default
+    ssl-kd COMMAND --help
 
-Commands:
-  export   write a run's student as a timm state dict, a TorchScript file or an ONNX model, then load
-           it back with its runtime and compare its features with the PyTorch student's
-           (`ssl_kd.export.export_model`)
-
-Bad input (a missing run directory, an unknown format, a missing ONNX package, an unwritable --out,
-a malformed command line) is one line `error: ...` on stderr and exit status 2.
-
-A command is one entry of `COMMANDS`: a function that adds its arguments to its subparser, and one
-that runs it on the parsed arguments.
+Each command is `ssl_kd.commands.<COMMAND>.main` (`ssl_kd/commands/`); `pipelines/*.py` and `eval/*.py`
+run the same functions as scripts. Bad input is one line `error: ...` on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
+import importlib
+import os
 import sys
-from collections.abc import Callable
-from typing import NamedTuple
+from importlib.metadata import PackageNotFoundError, version
 
+from .commands import COMMANDS
 from .errors import UserError, cli_main
 
-PROG = "python -m ssl_kd"
+DESCRIPTION = "Distil a self-supervised vision teacher into a small, fast student, and measure both honestly."
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are `UserError`s (one line, exit 2 through `cli_main`) instead of usage + exit 2."""
-
-    def error(self, message: str):
-        raise UserError(f"{message}; see {self.prog} --help")
+def program_name(argv0: str) -> str:
+    """How the user called us, for usage lines: `python -m ssl_kd` or the script's name (`ssl-kd`)."""
+    return "python -m ssl_kd" if os.path.basename(argv0) == "__main__.py" else os.path.basename(argv0) or "ssl-kd"
 
 
-class Command(NamedTuple):
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], object]
+def usage(prog: str) -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"usage: {prog} COMMAND [ARGS ...]", "", DESCRIPTION, "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines + ["", f"{prog} COMMAND --help describes one command."])
 
 
-def _export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (the --out of pipelines/distill_ssl.py)")
-    parser.add_argument("--format", required=True, metavar="FORMAT", help="timm | torchscript | onnx")
-    parser.add_argument("--out", metavar="FILE", help="where to write (default RUN_DIR/export/student_timm.pth, "
-                        "student_torchscript.pt or student.onnx; a folder gets that name inside it)")
-    parser.add_argument("--image-size", type=int, metavar="N", help="side of the checked (and traced) images; default: the run's data.image_size")
-    parser.add_argument("--batch", type=int, default=8, metavar="N", help="images in the checked batch (default 8)")
-    parser.add_argument("--onnx-exporter", default="dynamo", metavar="NAME",
-                        help="dynamo (torch.export, the default) | legacy (TorchScript-based, deprecated by torch)")
+def main(argv: list[str] | None = None, prog: str | None = None):
+    """Run `COMMAND ARGS...`; returns what the command returns (for tests). Bad input raises `UserError`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or program_name(sys.argv[0])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage(prog))
+        return None
+    if argv[:1] == ["--version"]:
+        try:
+            print(f"ssl_kd {version('ssl_kd')}")
+        except PackageNotFoundError:  # a checkout used without pip install
+            print("ssl_kd (not installed)")
+        return None
+    if not argv:
+        raise UserError(f"no command given; choose one of: {', '.join(COMMANDS)} (e.g. {prog} distill); see {prog} --help")
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        raise UserError(f"unknown command '{name}'; choose one of: {', '.join(COMMANDS)}; see {prog} --help")
+    command = importlib.import_module(f"{__package__}.commands.{name}")  # imported when used: torch and timm are slow to import
+    return command.main(rest, prog=f"{prog} {name}")
 
 
-def _export(args: argparse.Namespace):
-    # imported when used: torch, timm and the evaluation are slow to import
-    from .export import export_model
+def run() -> None:
+    """The `ssl-kd` console script (pyproject `[project.scripts]`)."""
+    from .commands.inspect import warnings_on_stderr
 
-    result = export_model(args.run_dir, args.format, args.out, image_size=args.image_size, batch=args.batch,
-                          onnx_exporter=args.onnx_exporter)
-    for line in result.lines():
-        print(line)
-    return result
-
-
-COMMANDS: dict[str, Command] = {
-    "export": Command("export the run's student (timm, torchscript, onnx) and check the file", _export_arguments, _export),
-}
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, command in COMMANDS.items():
-        command.add_arguments(commands.add_parser(name, help=command.help, description=command.help))
-    args = parser.parse_args(argv)
-    if args.command is None:
-        raise UserError(f"no command given; choose one of: {', '.join(COMMANDS)} (e.g. {PROG} export RUN_DIR --format onnx)")
-    return args
-
-
-def main(argv: list[str] | None = None):
-    """Run one command; returns what it returns (for tests). Bad input raises `UserError`."""
-    args = parse_args(argv)
-    return COMMANDS[args.command].run(args)
+    warnings_on_stderr()
+    cli_main(main)
 
 
 if __name__ == "__main__":
-    cli_main(lambda: main(sys.argv[1:]))
+    run()

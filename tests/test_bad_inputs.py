@@ -8,7 +8,6 @@ teacher loads, and none of them trains.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -20,6 +19,9 @@ import torch
 from PIL import Image
 
 from ssl_kd import validation
+from ssl_kd.commands import compare as COMPARE
+from ssl_kd.commands import distill as DISTILL
+from ssl_kd.commands import pretrain as PRETRAIN
 from ssl_kd.config import EvalConfig, PretrainConfig, load_config
 from ssl_kd.errors import EXIT_BAD_INPUT, UserError, cli_main
 from ssl_kd.validation import check_knn_bank, validate_config, validate_output_dir
@@ -27,16 +29,6 @@ from ssl_kd.validation import check_knn_bank, validate_config, validate_output_d
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = str(REPO / "ssl_kd" / "assets" / "digits_resnet14t_simclr.pth")
 TINY = ["data.subset=64", "train.batch_size=32", "data.num_workers=0", "loss.queue_size=32", "eval.knn_ks=[1,20]"]
-
-
-def _pipeline(name: str):
-    spec = importlib.util.spec_from_file_location(f"_bad_inputs_{name}", REPO / "pipelines" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-DISTILL, COMPARE, PRETRAIN = _pipeline("distill_ssl"), _pipeline("compare"), _pipeline("pretrain_ssl")
 
 
 @pytest.fixture(scope="module")

@@ -12,22 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssl_kd.commands import compare as COMPARE
 from ssl_kd.config import Config
 from ssl_kd.evaluation.compare import aggregate, markdown, summarize
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_compare():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_compare_main", REPO / "pipelines" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-COMPARE = _load_compare()
 
 
 def test_summarize_is_mean_and_sample_std() -> None:
@@ -37,13 +26,17 @@ def test_summarize_is_mean_and_sample_std() -> None:
 
 
 def test_aggregate_and_markdown_rows() -> None:
-    table = aggregate({"teacher": [{"knn_top1": 98.0, "knn_top5": 100.0}],
-                       "dlkd": [{"knn_top1": 96.0, "knn_top5": 99.0, "train_seconds": 10.0},
-                                {"knn_top1": 98.0, "knn_top5": 100.0, "train_seconds": 12.0}]})
+    table = aggregate({"teacher": [{"knn_top1": 98.0, "knn_top5": 100.0, "teacher_embedding": "backbone"}],
+                       "dlkd": [{"knn_top1": 96.0, "knn_top5": 99.0, "train_seconds": 10.0, "wall_seconds": 14.0,
+                                 "teacher_embedding": "backbone"},
+                                {"knn_top1": 98.0, "knn_top5": 100.0, "train_seconds": 12.0, "wall_seconds": 17.0,
+                                 "teacher_embedding": "backbone"}]})
     assert table["dlkd"]["knn_top1"]["mean"] == 97.0 and table["dlkd"]["train_seconds"]["mean"] == 11.0
+    assert table["dlkd"]["wall_seconds"]["mean"] == 15.5 and table["dlkd"]["teacher_embedding"] == "backbone"
     text = markdown(table, 20, 0.07)
-    assert "| dlkd | 97.0 ± 1.4 | 99.5 ± 0.7 | - | - | - | 11 | 2 |" in text and "| teacher | 98.0 | 100.0 | - | - | - | - | 1 |" in text
-    assert "| linear top-1 | recall@1 | MAP@R | train s | seeds |" in text
+    assert "| dlkd | backbone | 97.0 ± 1.4 | 99.5 ± 0.7 | - | - | - | 11 | 16 | 2 |" in text
+    assert "| teacher | backbone | 98.0 | 100.0 | - | - | - | - | - | 1 |" in text
+    assert "| row | teacher space | k-NN top-1 (k=20, T=0.07) |" in text and "| MAP@R | train s | wall s | seeds |" in text
 
 
 def run_compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -64,7 +57,8 @@ def test_compare_pipeline_tiny(tmp_path: Path) -> None:
     assert (variant["loss"]["method"], variant["loss"]["dlkd"]["contrast"], variant["data"]["views"]) == ("dlkd", "supcon", "rotations")
     runs = [json.loads((out / "dlkd" / f"seed{s}" / "result.json").read_text())["knn_top1"] for s in (0, 1)]
     assert report["table"]["dlkd"]["knn_top1"]["mean"] == pytest.approx(sum(runs) / 2)
-    assert (out / "compare.png").stat().st_size > 0 and "| ssl_scratch |" in (out / "compare.md").read_text()
+    assert (out / "compare.png").stat().st_size > 0 and "| ssl_scratch | - |" in (out / "compare.md").read_text()
+    assert report["table"]["dlkd"]["teacher_embedding"] == "backbone" and report["table"]["dlkd"]["wall_seconds"]["n"] == 2
     assert 0.0 <= report["table"]["dlkd"]["map_at_r"]["mean"] <= 100.0 and "recall_at_1" in report["table"]["raw pixels"]
     again = run_compare(*args, cwd=tmp_path)  # every run is done: nothing is trained again
     assert again.returncode == 0 and "distilling" not in again.stdout and "done before" in again.stdout

@@ -7,7 +7,6 @@ in the folder), so the steps a resumed run did again are the ones logged twice."
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -18,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchrun_helpers import REPO, free_port, wait_or_kill
 
 from ssl_kd.checkpoint import load_checkpoint
 from ssl_kd.data import resolve_data_config
-
-from torchrun_helpers import REPO, free_port, wait_or_kill
 
 STEPS_PER_EPOCH, EPOCHS, EVERY = 8, 2, 3
 TINY = ["--epochs", str(EPOCHS), "--batch-size", "32", f"data.subset={32 * STEPS_PER_EPOCH}", "data.num_workers=2",
@@ -88,13 +86,10 @@ def assert_same_weights(run: Path, reference: dict) -> None:
 def uninterrupted(tmp_path_factory) -> dict:
     """The same run, never stopped: trained in this process from the config the main job builds from the same
     arguments (its evaluation, which does not touch the student, is left out)."""
+    from ssl_kd.commands import distill as pipeline
     from ssl_kd.config import Config
     from ssl_kd.distill import distill
     from ssl_kd.job import load_inputs
-
-    spec = importlib.util.spec_from_file_location("_distill_ssl_main", REPO / "pipelines" / "distill_ssl.py")
-    pipeline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pipeline)
     run = tmp_path_factory.mktemp("straight") / "run"
     cfg = pipeline.config_from_args(pipeline.parse_args(["--out", str(run), *TINY]), pipeline.FLAGS, Config)
     cfg.data = resolve_data_config(cfg.data)

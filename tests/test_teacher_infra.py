@@ -8,7 +8,6 @@ checked with `timm.create_model` patched).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -241,10 +240,8 @@ def test_timm_tag_wiring(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _pipeline_config(argv: list[str]) -> Config:
-    spec = importlib.util.spec_from_file_location("distill_ssl", REPO / "pipelines" / "distill_ssl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     from ssl_kd.cli import config_from_args
+    from ssl_kd.commands import distill as module
 
     return config_from_args(module.parse_args(argv), module.FLAGS, Config)
 

@@ -1,6 +1,7 @@
 """Aggregate a methods x seeds comparison: mean ± std tables (Markdown, JSON) and a bar chart.
 
-Input: `runs[method][seed] = {"knn_top1", "knn_top5", "linear_top1"?, "recall_at_1"?, "map_at_r"?, "train_seconds"}` plus
+Input: `runs[method][seed] = {"knn_top1", "knn_top5", "linear_top1"?, "recall_at_1"?, "map_at_r"?, "train_seconds",
+"wall_seconds" (training plus the run's evaluation), "teacher_embedding" ("backbone" or "head")}` plus
 reference rows (`teacher`, `random-init student` per seed, `raw pixels`). The standard deviation is
 the sample one (n - 1) over seeds; with one seed it is 0.
 """
@@ -26,21 +27,25 @@ def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
     table = {}
     for name, runs in rows.items():
         metrics = {key: summarize([run[key] for run in runs]) for key, _ in METRICS if all(key in run for run in runs)}
-        if all("train_seconds" in run for run in runs):
-            metrics["train_seconds"] = summarize([run["train_seconds"] for run in runs])
+        for seconds in ("train_seconds", "wall_seconds"):
+            if all(seconds in run for run in runs):
+                metrics[seconds] = summarize([run[seconds] for run in runs])
+        spaces = {run["teacher_embedding"] for run in runs if "teacher_embedding" in run}
+        if spaces:
+            metrics["teacher_embedding"] = "/".join(sorted(spaces))
         table[name] = metrics
     return table
 
 
 def markdown(table: dict[str, dict], k: int, temperature: float) -> str:
     names = [f"k-NN top-1 (k={k}, T={temperature})", *(label for _, label in METRICS[1:])]
-    lines = ["| row | " + " | ".join(names) + " | train s | seeds |", "|---|" + "---:|" * (len(METRICS) + 2)]
+    lines = ["| row | teacher space | " + " | ".join(names) + " | train s | wall s | seeds |",
+             "|---|---|" + "---:|" * (len(METRICS) + 3)]
     for name, metrics in table.items():
         cells = [_cell(metrics.get(key)) for key, _ in METRICS]
-        seconds = metrics.get("train_seconds")
-        n = max((m["n"] for m in metrics.values()), default=0)
-        seconds_cell = f"{seconds['mean']:.0f}" if seconds else "-"
-        lines.append(f"| {name} | {' | '.join(cells)} | {seconds_cell} | {n} |")
+        seconds = [f"{metrics[key]['mean']:.0f}" if key in metrics else "-" for key in ("train_seconds", "wall_seconds")]
+        n = max((m["n"] for m in metrics.values() if isinstance(m, dict)), default=0)
+        lines.append(f"| {name} | {metrics.get('teacher_embedding', '-')} | {' | '.join(cells + seconds)} | {n} |")
     return "\n".join(lines)
 
 
