@@ -30,7 +30,7 @@ class DataConfig:
     image_size: Optional[int] = None  # side of the square images the networks see
     num_workers: int = 2
     # views per image: "crops" = two SimCLR crops; "rotations" = one crop turned by 0/90/180/270
-    # degrees, four views (DLKD's input, research/methods.md s.1.1)
+    # degrees, four views (DLKD's input)
     views: str = "crops"
     # every augmented view a pure function of (train.seed, image, draw) instead of the loader workers' running
     # streams: the same run whatever data.num_workers, and bit-exact on resume mid-epoch (the teacher cache
@@ -98,7 +98,7 @@ class DISTConfig:  # Huang et al. 2022 (ImageNet: tau 1, beta = gamma = 2 after 
 
 
 @dataclass
-class STKDConfig:  # Zhao et al. 2021 (no official code: research/methods.md s.4 reconstruction)
+class STKDConfig:  # Zhao et al. 2021 (no official code: reconstructed from the paper; README "Methods")
     temperature: float = 4.0
     mixup_alpha: float = 1.0
     weight: float = 1.0

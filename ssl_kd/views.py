@@ -24,7 +24,7 @@ class RotatedViews:
     """One augmented view of the image, then that view turned by 0, 90, 180 and 270 degrees.
 
     Returns 4 tensors: view k = `torch.rot90(view_0, k, dims=(-2, -1))` (counter-clockwise), so view
-    0 is the unrotated one, DLKD's anchors. DLKD's own code (research/methods.md s.1.1) rotates first
+    0 is the unrotated one, DLKD's anchors. DLKD's own code rotates first
     and crops each rotation separately; here the four views share one crop and differ only by the turn.
     """
 

@@ -1,4 +1,4 @@
-"""DLKD (research/methods.md s.1): the three terms by hand, against plain loops, their properties,
+"""DLKD: the three terms by hand, against plain loops, their properties,
 and the module (weights, gradients, config, lookup)."""
 
 import math

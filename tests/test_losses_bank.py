@@ -1,4 +1,4 @@
-"""Methods with memory (research/methods.md s.5.1, 5.2): SEED and CompRess (1q, 2q) by hand and against
+"""Methods with memory: SEED and CompRess (1q, 2q) by hand and against
 plain loops; the gradients of all methods with memory (CRD included; its own tests: test_losses_crd.py);
 CompRess-2q's state across steps of a real DistillObjective. MemoryBank, MomentumStudent: test_memory.py."""
 

@@ -1,4 +1,4 @@
-"""CRD (research/methods.md s.5.5): scores and NCE by hand, against a plain loop with several views, the
+"""CRD: scores and NCE by hand, against a plain loop with several views, the
 bank updates after a step, the state across a checkpoint, and its input errors."""
 
 import io

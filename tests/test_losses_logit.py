@@ -1,4 +1,4 @@
-"""Logit methods (KD, CKD, DIST, STKD; research/methods.md s.2-4, 5.9) and their shared logits: by
+"""Logit methods (KD, CKD, DIST, STKD) and their shared logits: by
 hand, against plain loops, their properties, gradients, config, and one real distillation step."""
 
 import math

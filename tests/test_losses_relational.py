@@ -1,4 +1,4 @@
-"""RKD, SP and FitNet (research/methods.md s.5.6-5.8): values by hand and against plain loops, their
+"""RKD, SP and FitNet: values by hand and against plain loops, their
 invariances, gradients, the lazy FitNet regressor, and the feature-map path of students and teachers."""
 
 import math

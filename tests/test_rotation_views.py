@@ -1,4 +1,4 @@
-"""`data.views`: two SimCLR crops, or DLKD's four rotations of one crop (research/methods.md s.1.1)."""
+"""`data.views`: two SimCLR crops, or DLKD's four rotations of one crop."""
 
 import pytest
 import torch

@@ -11,7 +11,7 @@ its pooled feature is trained with SGD on
 
 Recipe (He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020,
 `main_lincls.py`; inherited unchanged by Fang et al., "SEED: Self-supervised Distillation for
-Visual Representation", ICLR 2021, `main_lincls.py`; research/methods.md s.6.2 (a)):
+Visual Representation", ICLR 2021, `main_lincls.py`):
   - W ~ N(0, 0.01^2), b = 0; the features are the RAW pooled backbone features (the model's
     `.feat`, or its Tensor output): no L2 normalisation and no standardisation. MoCo's lr 30 is
     tuned for such raw features of a contrastive ResNet-50; features of a very different scale may

@@ -2,7 +2,7 @@ r"""CKD: contrastive knowledge distillation from a sample-wise perspective (the 
 
 Zhu, Zhou, Zhu, Wang, Hu, "Contrastive Knowledge Distillation from a Sample-wise Perspective",
 arXiv:2404.14109, 2024; official code github ZhouXinzzzzz/CKD (mdistiller/distillers/CKD.py,
-defaults mdistiller/engine/cfg.py). Notes: research/methods.md s.2.1.
+defaults mdistiller/engine/cfg.py).
 
 Symbols. B images per batch, V views (rows view-major); z^T_i, z^S_i teacher/student logits of
 sample i (real logits, or pseudo-logits over the momentum queue: `logits.py`); n(.) L2

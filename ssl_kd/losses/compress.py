@@ -3,7 +3,7 @@ r"""CompRess: match the teacher's similarity distribution over a bank of anchors
 Abbasi Koohpayegani, Tejankar, Pirsiavash, "CompRess: Self-Supervised Learning by Compressing
 Representations", NeurIPS 2020 (arXiv:2010.14713); official code github UMBCvision/CompRess
 (nn/compress_loss.py; train_student_one_queue.py for 1q, train_student.py for 2q).
-Notes: research/methods.md s.5.2.
+
 
 Symbols. Rows i over the V*B views of the batch; s_i = n(student.emb_i), t_i = n(teacher.emb_i),
 n(.) L2 normalization; A^T = [a^T_1..a^T_K] the shared momentum queue of normalized teacher

@@ -2,7 +2,7 @@ r"""CRD: contrastive representation distillation with two memory banks and an NC
 
 Tian, Krishnan, Isola, "Contrastive Representation Distillation", ICLR 2020 (arXiv:1910.10699);
 official code github HobbitLong/RepDistiller (crd/criterion.py, crd/memory.py).
-Notes: research/methods.md s.5.5.
+
 
 Symbols. N training images; B images per batch, V views each (rows view-major, V*B rows);
 f^S, f^T student/teacher backbone features; e^S = n(W_S f^S), e^T = n(W_T f^T) trainable linear

@@ -2,7 +2,7 @@ r"""DIST: distillation by Pearson correlation of class distributions, across cla
 
 Huang, You, Wang, Qian, Xu, "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022
 (arXiv:2205.10536); official code github hunto/DIST_KD (loss: hunto/image_classification_sota
-lib/models/losses/dist_kd.py). Notes: research/methods.md s.3.
+lib/models/losses/dist_kd.py).
 
 Symbols. N = V*B rows (every view of every image is a sample); z^T, z^S teacher/student logits
 [N, C] (real logits, or pseudo-logits over the momentum queue: `logits.py`); tau the temperature;

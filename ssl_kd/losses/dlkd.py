@@ -2,7 +2,7 @@ r"""DLKD: dual-level knowledge distillation, knowledge alignment plus knowledge 
 
 Ding, Yang, Hu, Krovi, Luo, "Dual-Level Knowledge Distillation via Knowledge Alignment and
 Correlation", IEEE TNNLS 35(2):2425-2435, 2024 (arXiv:2012.00573); official code github
-ifding/DLKD (helper/losses.py: AlignLoss, CorrLoss, SupConLoss). Notes: research/methods.md s.1.
+ifding/DLKD (helper/losses.py: AlignLoss, CorrLoss, SupConLoss).
 
 Symbols. B images per batch, V views each (rows view-major); f^S, f^T student/teacher backbone
 features; h_A the student projector to the teacher width (`student.emb = h_A(f^S)`); h_C a

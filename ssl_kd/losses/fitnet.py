@@ -2,7 +2,7 @@ r"""FitNet: hints, the student's intermediate feature map regresses onto the tea
 
 Romero, Ballas, Kahou, Chassang, Gatta, Bengio, "FitNets: Hints for Thin Deep Nets", ICLR 2015
 (arXiv:1412.6550); reference code HobbitLong/RepDistiller (distiller_zoo/FitNet.py `HintLoss`,
-models/util.py `ConvReg`). Notes: research/methods.md s.5.8.
+models/util.py `ConvReg`).
 
 Symbols. N = V*B rows; k = `loss.fitnet.hint_stage`, an index into each network's stage maps
 (`Embeddings.maps`: for a ResNet 0 = stem, 1..4 = layer1..layer4, so k = 2 is layer2, RepDistiller's

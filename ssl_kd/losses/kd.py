@@ -1,8 +1,7 @@
 r"""KD: vanilla knowledge distillation, the student matches the teacher's softened class distribution.
 
 Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", NIPS Deep Learning Workshop
-2015 (arXiv:1503.02531); reference code HobbitLong/RepDistiller (distiller_zoo/KD.py). Notes:
-research/methods.md s.5.9.
+2015 (arXiv:1503.02531); reference code HobbitLong/RepDistiller (distiller_zoo/KD.py).
 
 Symbols. N = V*B rows (every view of every image is a sample); z^T, z^S teacher/student logits
 [N, C] (real logits of a supervised teacher, else pseudo-logits over the momentum queue: see

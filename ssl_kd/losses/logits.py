@@ -20,7 +20,7 @@ L2 normalization over the feature axis. Every anchor plays the role of a class a
 distribution over the anchors that of the class distribution; teacher and student use the SAME
 anchors, so their distributions are comparable entry by entry, and any logit loss applies. Matching
 such similarity distributions over a queue of teacher embeddings is the idea of SEED (Fang et al.,
-ICLR 2021) and CompRess (Abbasi Koohpayegani et al., NeurIPS 2020); research/methods.md s.5.1-5.2.
+ICLR 2021) and CompRess (Abbasi Koohpayegani et al., NeurIPS 2020).
 Logit methods on label-free teachers therefore declare `needs_queue`. t_p is the ONE temperature
 of the similarity distributions: KD, STKD and DIST take their own tau (`loss.kd.temperature`, ...)
 on real logits only, and tau = 1 on pseudo-logits (`LogitMethod.class_temperature`), so they see

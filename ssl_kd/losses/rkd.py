@@ -1,7 +1,7 @@
 r"""RKD: relational knowledge distillation, the student keeps the teacher's distances and angles.
 
 Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019 (arXiv:1904.05068); reference
-code HobbitLong/RepDistiller (distiller_zoo/RKD.py, `RKDLoss`). Notes: research/methods.md s.5.6.
+code HobbitLong/RepDistiller (distiller_zoo/RKD.py, `RKDLoss`).
 
 Symbols. N = V*B rows (every view of every image is a point); s_i, t_i the student/teacher
 penultimate features (`student.feat`, `teacher.feat`, raw, not normalized; their widths may differ:

@@ -2,7 +2,7 @@ r"""SEED: self-supervised distillation by matching similarity distributions over
 
 Fang, Wang, Wang, Zhang, Yang, Liu, "SEED: Self-supervised Distillation for Visual
 Representation", ICLR 2021 (arXiv:2101.04731); official code github jacobswan1/SEED
-(seed/builder.py, soft_cross_entropy in tools/utils.py). Notes: research/methods.md s.5.1.
+(seed/builder.py, soft_cross_entropy in tools/utils.py).
 
 Symbols. Rows i over the V*B views of the batch (each view is its own sample: the student and the
 teacher see the same view); s_i = n(student.emb_i), t_i = n(teacher.emb_i), n(.) L2 normalization;

@@ -1,7 +1,7 @@
 r"""SP: similarity-preserving distillation, the student keeps the teacher's batch similarity matrix.
 
 Tung, Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019 (arXiv:1907.09682); reference
-code HobbitLong/RepDistiller (distiller_zoo/SP.py, `Similarity`). Notes: research/methods.md s.5.7.
+code HobbitLong/RepDistiller (distiller_zoo/SP.py, `Similarity`).
 
 Symbols. N = V*B rows (every view of every image); A^T, A^S the LAST-stage feature maps of teacher
 and student (`Embeddings.maps[-1]`: a ResNet's layer4 output, a ViT's last block as a token grid,

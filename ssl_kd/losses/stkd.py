@@ -1,8 +1,8 @@
 r"""STKD: similarity transfer, KD on mixup "virtual samples" that blend two images.
 
 Zhao, Gong, Sun, Dong, Yu, "Similarity Transfer for Knowledge Distillation", arXiv:2103.10047, 2021.
-No official code exists and the paper body was not available: this is the RECONSTRUCTION of
-research/methods.md s.4.2 (from the abstract: transfer the similarity between the categories of
+No official code exists and the paper body was not available: this is a RECONSTRUCTION
+(from the abstract: transfer the similarity between the categories of
 MULTIPLE samples by matching teacher and student distributions on mixup virtual samples).
 
 Symbols. B images per batch, V views (all rows are samples, N = V*B); x_i a view of image i;
