@@ -32,7 +32,7 @@ import torch
 
 from ssl_kd.config import load_config, to_dict
 from ssl_kd.loaders import make_loader
-from ssl_kd.distill import training_views
+from ssl_kd.distillation import training_views
 from ssl_kd.loop import StepRunner, autocast_context, build_optimizer, fit, prepare_model
 
 from distill_speed_setup import BareStep, build_setup, cifar_train_root, describe, fresh_objective, random_teacher_file, sync

@@ -1,5 +1,5 @@
 """What bench/distill_speed.py measures on: each config's teacher, data and loader, built as
-`ssl_kd.distill.distill` builds them, the bare step's loss, and the configs' overrides."""
+`ssl_kd.distillation.distill` builds them, the bare step's loss, and the configs' overrides."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ssl_kd.data import build_dataset, resolve_data_config  # noqa: E402
 from ssl_kd.views import views_transform  # noqa: E402
 from ssl_kd.loaders import make_loader  # noqa: E402
 from ssl_kd.defaults import default_teacher  # noqa: E402
-from ssl_kd.distill import build_objective, build_student  # noqa: E402
+from ssl_kd.distillation import build_objective, build_student  # noqa: E402
 from ssl_kd.losses.base import DistillMethod  # noqa: E402
 from ssl_kd.teachers import load_teacher  # noqa: E402
 
@@ -37,7 +37,7 @@ class FeatureRegression(DistillMethod):
 
 @dataclass
 class Setup:
-    """One config's teacher, data and loader, built as `ssl_kd.distill.distill` builds them."""
+    """One config's teacher, data and loader, built as `ssl_kd.distillation.distill` builds them."""
 
     cfg: Config
     device: torch.device

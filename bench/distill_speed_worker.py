@@ -3,7 +3,7 @@
     python bench/distill_speed_worker.py CONTROL NAME ROUNDS THREADS [key=value ...]            # 1 process
     python -m torch.distributed.run --nproc-per-node 2 ... bench/distill_speed_worker.py ...    # W processes
 
-Builds the config's teacher, data and loader once (as `ssl_kd.distill.distill` does), touches
+Builds the config's teacher, data and loader once (as `ssl_kd.distillation.distill` does), touches
 CONTROL/ready_NAME, then for each round r waits for CONTROL/go_NAME_r, runs `ssl_kd.loop.fit` for
 train.epochs with a fresh student and method (every process between two barriers), and writes
 CONTROL/done_NAME_r.json (rank 0): wall seconds, images, the epochs' images/s from metrics.jsonl.
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from distill_speed_setup import build_setup, fresh_objective  # noqa: E402
 from ssl_kd.config import to_dict  # noqa: E402
-from ssl_kd.distill import record_processes  # noqa: E402
+from ssl_kd.distillation import record_processes  # noqa: E402
 from ssl_kd.loop import fit  # noqa: E402
 from ssl_kd.parallel import barrier, init_distributed, is_main_process, shutdown_distributed, world_size  # noqa: E402
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from ssl_kd.config import Config  # noqa: E402
 from ssl_kd.defaults import default_teacher  # noqa: E402
-from ssl_kd.distill import DistillObjective, build_student  # noqa: E402
+from ssl_kd.distillation import DistillObjective, build_student  # noqa: E402
 from ssl_kd.losses import METHODS, build_method  # noqa: E402
 from ssl_kd.losses.base import DistillMethod, MethodDims  # noqa: E402
 from ssl_kd.queue import MomentumQueue  # noqa: E402

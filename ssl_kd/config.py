@@ -64,7 +64,7 @@ class TeacherConfig:
     image_size: Optional[int] = None  # side the teacher sees; None: the data's (inputs are resized to an int)
     # the space the methods see as the teacher's embedding: backbone (its pooled feature) | head (its SSL projection
     # head's output, for files that carry one) | auto (head for seed and compress*, whose papers use it, when the
-    # file has one; backbone otherwise: ssl_kd.distill.HEAD_SPACE_METHODS). Evaluation always scores the backbone.
+    # file has one; backbone otherwise: ssl_kd.distillation.HEAD_SPACE_METHODS). Evaluation always scores the backbone.
     embedding: str = "auto"
     extra: list[str] = field(default_factory=list)  # more teachers (--teacher repeated); arch from the file or its shapes
     weights: list[float] = field(default_factory=list)  # loss weight per teacher, primary first; empty: 1.0 each

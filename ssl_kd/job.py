@@ -19,7 +19,7 @@ from .config import Config
 from .data import require_labels
 from .loaders import make_loader
 from .defaults import default_teacher
-from .distill import SSL_SCRATCH, build_student, embedding_record, in_embedding_space, refuse_head_space
+from .distillation import SSL_SCRATCH, build_student, embedding_record, in_embedding_space, refuse_head_space
 from .evaluation.inputs import EvalSplits, eval_splits, evaluation_data, split_features
 from .evaluation.knn import knn_classify
 from .evaluation.on_main import on_main_process

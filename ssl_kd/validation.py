@@ -173,7 +173,7 @@ def _check_eval(ev: Any) -> None:
 
 
 def _check_loss(loss: Any) -> None:
-    from .distill import method_names
+    from .distillation import method_names
 
     if loss.method not in method_names():
         raise UserError(f"unknown method '{loss.method}'; choose one of: {', '.join(method_names())} (--method / loss.method)")
@@ -250,7 +250,7 @@ def _check_input_side(key: str, arch: str, side: int | None, small_stem: bool = 
     """A model built for one side (it takes timm's `img_size` but no `dynamic_img_size`: BEiT, CaiT, MLP-Mixer,
     ...) refused at any other, by a forward on the meta device (no memory, no compute). Models that take
     any side (CNNs; ViT, Swin and EVA are built with `dynamic_img_size`, `ssl_kd.students`) pass unchecked.
-    The student is built as `ssl_kd.distill.build_student` builds it: without the data's side."""
+    The student is built as `ssl_kd.distillation.build_student` builds it: without the data's side."""
     from .students import _init_parameters, create_backbone
 
     params = _init_parameters(arch)

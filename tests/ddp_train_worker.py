@@ -25,7 +25,7 @@ from ssl_kd.data import build_dataset, resolve_data_config
 from ssl_kd.views import views_transform
 from ssl_kd.loaders import make_loader
 from ssl_kd.defaults import default_teacher
-from ssl_kd.distill import build_objective, build_student, record_processes
+from ssl_kd.distillation import build_objective, build_student, record_processes
 from ssl_kd.loop import fit
 from ssl_kd.losses.memory import MemoryBank
 from ssl_kd.parallel import rank

@@ -11,7 +11,7 @@ import timm
 import torch
 
 from ssl_kd.config import StudentConfig
-from ssl_kd.distill import export_student
+from ssl_kd.distillation import export_student
 from ssl_kd.errors import UserError
 from ssl_kd.evaluation.models import load_eval_model
 from ssl_kd.students import Student

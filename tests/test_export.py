@@ -23,7 +23,7 @@ import torch
 from ssl_kd import export
 from ssl_kd.__main__ import main
 from ssl_kd.config import StudentConfig
-from ssl_kd.distill import export_student
+from ssl_kd.distillation import export_student
 from ssl_kd.errors import UserError, cli_main
 from ssl_kd.evaluation.models import load_eval_model
 from ssl_kd.export import RTOL, export_model

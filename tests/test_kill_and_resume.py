@@ -88,7 +88,7 @@ def uninterrupted(tmp_path_factory) -> dict:
     arguments (its evaluation, which does not touch the student, is left out)."""
     from ssl_kd.commands import distill as pipeline
     from ssl_kd.config import Config
-    from ssl_kd.distill import distill
+    from ssl_kd.distillation import distill
     from ssl_kd.job import load_inputs
     run = tmp_path_factory.mktemp("straight") / "run"
     cfg = pipeline.config_from_args(pipeline.parse_args(["--out", str(run), *TINY]), pipeline.FLAGS, Config)

@@ -150,7 +150,7 @@ def test_a_distillation_on_the_teacher_cache_stopped_mid_epoch_resumes_bit_exact
     from ssl_kd.config import load_config
     from ssl_kd.data import resolve_data_config
     from ssl_kd.defaults import default_teacher
-    from ssl_kd.distill import distill
+    from ssl_kd.distillation import distill
     from ssl_kd.teachers import load_teacher
 
     def config():
@@ -226,7 +226,7 @@ def test_seeded_views_train_the_same_with_any_number_of_loader_workers(tmp_path)
     from ssl_kd.config import load_config
     from ssl_kd.data import resolve_data_config
     from ssl_kd.defaults import default_teacher
-    from ssl_kd.distill import distill
+    from ssl_kd.distillation import distill
     from ssl_kd.teachers import load_teacher
 
     teacher = load_teacher(str(default_teacher("digits")), image_size=32)

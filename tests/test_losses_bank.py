@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_kd.config import LossConfig, StudentConfig
-from ssl_kd.distill import DistillObjective
+from ssl_kd.distillation import DistillObjective
 from ssl_kd.embeddings import Embeddings
 from ssl_kd.losses import MethodDims, build_method
 from ssl_kd.losses.base import StepContext

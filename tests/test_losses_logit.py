@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_kd.config import LossConfig, StudentConfig
-from ssl_kd.distill import DistillObjective
+from ssl_kd.distillation import DistillObjective
 from ssl_kd.embeddings import Embeddings
 from ssl_kd.losses import MethodDims, StepContext, build_method
 from ssl_kd.losses.ckd import CKD, ckd_loss, ckd_loss_per_view

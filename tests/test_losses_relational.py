@@ -8,7 +8,7 @@ import timm
 import torch
 
 from ssl_kd.config import LossConfig, StudentConfig, TrainConfig
-from ssl_kd.distill import DistillObjective
+from ssl_kd.distillation import DistillObjective
 from ssl_kd.embeddings import Embeddings
 from ssl_kd.errors import UserError
 from ssl_kd.loop import build_optimizer

@@ -15,7 +15,7 @@ import torch
 
 from ssl_kd.config import Config, load_config
 from ssl_kd.data import resolve_data_config
-from ssl_kd.distill import build_objective, build_student
+from ssl_kd.distillation import build_objective, build_student
 from ssl_kd.errors import UserError
 from ssl_kd.teachers import load_teacher
 

@@ -14,7 +14,7 @@ from ssl_kd.data import build_dataset, resolve_data_config
 from ssl_kd.views import view_draw, views_transform
 from ssl_kd.loaders import make_loader
 from ssl_kd.defaults import default_teacher
-from ssl_kd.distill import VIEW_RECIPE_KEYS, build_objective, build_student, distill, training_views
+from ssl_kd.distillation import VIEW_RECIPE_KEYS, build_objective, build_student, distill, training_views
 from ssl_kd.errors import UserError
 from ssl_kd.loop import fit
 from ssl_kd.seeded_views import PooledViews, ViewPool, sample_seed, seeded

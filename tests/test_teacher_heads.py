@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from _models import images, random_model
 
 from ssl_kd.config import Config, to_dict
-from ssl_kd.distill import HEAD_SPACE_METHODS, embedding_space, in_embedding_space
+from ssl_kd.distillation import HEAD_SPACE_METHODS, embedding_space, in_embedding_space
 from ssl_kd.errors import EXIT_BAD_INPUT, UserError, cli_main
 from ssl_kd.features import _batch_features
 from ssl_kd.run_checkpoints import config_differences
@@ -329,7 +329,7 @@ def test_head_space_refusals(moco: Path) -> None:
 
 def test_crd_and_dlkd_supcon_size_their_teacher_layer_to_the_backbone_feature_in_the_head_space(moco: Path) -> None:
     """Both read teacher.feat (the backbone's 512-d) through a linear layer, whatever width the head gives emb."""
-    from ssl_kd.distill import build_objective, build_student
+    from ssl_kd.distillation import build_objective, build_student
 
     teacher = load_teacher(moco)
     for method, contrast in (("crd", "queue"), ("dlkd", "supcon")):

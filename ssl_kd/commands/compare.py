@@ -35,7 +35,7 @@ from ssl_kd.cli import (
 )
 from ssl_kd.config import Config
 from ssl_kd.data import resolve_data_config
-from ssl_kd.distill import (
+from ssl_kd.distillation import (
     SSL_SCRATCH,
     build_student,
     distill,

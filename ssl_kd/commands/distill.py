@@ -33,7 +33,7 @@ from ssl_kd.cli import (
 )
 from ssl_kd.config import Config, to_dict
 from ssl_kd.data import resolve_data_config
-from ssl_kd.distill import distill, method_names
+from ssl_kd.distillation import distill, method_names
 from ssl_kd.errors import cli_main
 from ssl_kd.evaluation.report import (
     markdown_table,

@@ -94,6 +94,28 @@ class Teacher(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    @classmethod
+    def from_module(cls, module: nn.Module, mean: Sequence[float], std: Sequence[float], *, name: str | None = None,
+                    feat_dim: int | None = None, image_size: int | None = None, probe_size: int = 32) -> Teacher:
+        """Any `nn.Module` that maps normalised images [B, 3, H, W] to features [B, D] as a frozen teacher.
+
+        `mean`/`std` are the normalisation the module was trained with (the teacher applies them, as for
+        a checkpoint). `feat_dim` is D; when not given it is the module's `num_features` attribute if it
+        has one, else measured by one forward pass of two `probe_size` x `probe_size` images (eval mode,
+        no autograd). The module is not copied: it is frozen in place (`requires_grad=False`, eval mode).
+        It has no stage maps and no classifier, so methods that need maps (`fitnet`, `sp`) refuse it,
+        and its embedding is its output (`teacher.embedding=backbone`).
+        """
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"Teacher.from_module takes an nn.Module, got {type(module).__name__}")
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+        backbone = ModuleBackbone(module, feat_dim or getattr(module, "num_features", None) or
+                                  _output_width(module, mean, std, probe_size))
+        kind = f"{type(module).__module__}.{type(module).__qualname__}"
+        return cls(backbone, arch=name or type(module).__name__, mean=mean, std=std, image_size=image_size,
+                   format="nn.Module", source=kind, info=LoadInfo(arch_origin="module"))
+
     def train(self, mode: bool = True) -> Teacher:
         """Always eval mode: a frozen teacher's BatchNorm statistics and dropout never change."""
         return super().train(False)
@@ -147,6 +169,43 @@ class Teacher(nn.Module):
         logits = ", has_logits=True" if self.has_logits else ""
         return (f"arch={self.arch}, format={self.format}, embedding={self.embedding}, embed_dim={self.embed_dim}{logits}, "
                 f"source={self.source!r}")
+
+
+class ModuleBackbone(nn.Module):
+    """A user's feature network as a teacher backbone: `num_features` for the teacher, and a check that
+    every output is [B, num_features] (`Teacher.from_module`)."""
+
+    def __init__(self, module: nn.Module, num_features: int) -> None:
+        super().__init__()
+        self.module = module
+        self.num_features = int(num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.module(x)
+        if not isinstance(out, Tensor) or out.shape != (x.shape[0], self.num_features):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the teacher module {type(self.module).__name__} returned {shape} for {x.shape[0]} images; "
+                             f"Teacher.from_module needs features [B, {self.num_features}] (pool and flatten inside the module)")
+        return out
+
+
+def _output_width(module: nn.Module, mean: Sequence[float], std: Sequence[float], side: int) -> int:
+    """D of the module's [B, D] output, from one no-grad forward pass of two normalised mid-grey images."""
+    was_training = module.training
+    module.eval()
+    try:
+        device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+        x = (torch.full((2, 3, side, side), 0.5, device=device) - torch.tensor(mean, device=device).view(1, 3, 1, 1)) \
+            / torch.tensor(std, device=device).view(1, 3, 1, 1)
+        with torch.no_grad():
+            out = module(x)
+    finally:
+        module.train(was_training)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 2:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"the teacher module {type(module).__name__} returned {shape} for 2 images; Teacher.from_module "
+                         "needs features [B, D] (pool and flatten inside the module)")
+    return int(out.shape[1])
 
 
 def no_head_message(source: str, format: str, problem: str | None = None) -> str:

@@ -211,7 +211,7 @@ def build_objective(cfg: Config, teacher: Teacher, student: Student, num_samples
         raise UserError(f"unknown method '{cfg.loss.method}'; choose one of: {', '.join(method_names())} (--method / loss.method)")
     weights = teacher_weights(cfg, 1 + len(extra_teachers))
     if cfg.loss.method == SSL_SCRATCH:
-        if getattr(cfg.data, "views", "crops") != "crops":
+        if cfg.data.views != "crops":
             raise UserError("ssl_scratch trains SimCLR on two crops; set data.views=crops")  # same data, views and budget; the teacher only takes part in the report
         return SimCLRObjective(student.backbone, student.mean.flatten().tolist(), student.std.flatten().tolist())
     parts = [_method_for(cfg, t, student, num_samples) for t in (teacher, *extra_teachers)]
@@ -229,6 +229,9 @@ def _method_for(cfg: Config, teacher: Teacher, student: Student, num_samples: in
     method = build_method(cfg.loss, dims)
     if method.needs_logits and not num_classes:
         raise UserError(f"method '{cfg.loss.method}' needs teacher logits, which this teacher does not give")
+    if method.needs_maps and not hasattr(teacher.backbone, "forward_intermediates"):
+        raise UserError(f"method '{cfg.loss.method}' compares stage feature maps, which the teacher {teacher.arch} "
+                        f"({teacher.format}) does not give; choose a method that compares embeddings (e.g. dlkd)")
     queue = MomentumQueue(cfg.loss.queue_size, teacher.embed_dim) if method.needs_queue else None
     return method, queue
 
