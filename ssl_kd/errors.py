@@ -1,21 +1,29 @@
-"""Bad input is a `UserError`: one line naming the problem and the fix, exit status 2, no traceback.
+"""Bad input is one line naming the problem and the fix, exit status 2, no traceback.
 
-Library code raises `UserError("what is wrong; how to fix it")`. Entry points wrap their `main`
-with `cli_main`, which prints `error: <message>` on stderr and exits 2 for a `UserError`, exits 75
+Library code raises `ValueError` / `TypeError` for a bad argument, and `UserError("what is wrong;
+how to fix it")`, a `ValueError`, for bad input or configuration a user gave (a file, a folder, a
+config key). Callers of the library catch either as a `ValueError`. Entry points wrap their `main`
+with `cli_main`, which prints `error: <message>` on stderr and exits 2 for any of them, exits 75
 after a checkpoint when the run was asked to stop (`Preempted`: rerun the same command to resume),
-and lets anything else (a real crash, exit 1) propagate with its traceback.
+and lets anything else (a real crash, exit 1) propagate with its traceback. A `ValueError` or
+`TypeError` that is not a `UserError` may also be a bug: its line says so, and `SSL_KD_TRACEBACK=1`
+lets it through with its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable, NoReturn
 
 EXIT_BAD_INPUT = 2
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """Bad input or configuration. The message is one line: the problem, then the fix."""
+
+
+TRACEBACK_ENV = "SSL_KD_TRACEBACK"  # =1: a ValueError/TypeError from the library keeps its traceback
 
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped at a signal after writing its checkpoint; rerun to resume
@@ -23,6 +31,11 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run stopped at a signal after writing it
 
 class Preempted(Exception):
     """The run stopped at SIGTERM / SIGUSR1 / Ctrl-C after writing its checkpoint (`ssl_kd.preemption`)."""
+
+
+def one_line(err: BaseException) -> str:
+    """The exception's message on exactly one line."""
+    return " ".join(str(err).split())
 
 
 def fail(message: str) -> NoReturn:
@@ -35,8 +48,12 @@ def cli_main(main: Callable[[], object]) -> NoReturn:
     try:
         main()
     except UserError as err:
-        message = " ".join(str(err).split())  # always exactly one line
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except (ValueError, TypeError) as err:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"error: {one_line(err)} ({type(err).__name__}; {TRACEBACK_ENV}=1 shows where)", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except Preempted as err:
         print(f"stopped: {' '.join(str(err).split())}", file=sys.stderr)

@@ -13,7 +13,7 @@ import pytest
 
 from ssl_kd.__main__ import main, program_name
 from ssl_kd.commands import COMMANDS
-from ssl_kd.errors import UserError
+from ssl_kd.errors import UserError, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = REPO / "ssl_kd" / "assets" / "digits_resnet14t_simclr.pth"
@@ -71,3 +71,17 @@ def test_inspect_through_python_dash_m_and_a_bad_file(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "ssl_kd", "inspect", str(tmp_path / "broken.pth")], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_value_and_type_errors_are_one_line_unless_a_traceback_is_asked_for(monkeypatch, capsys) -> None:
+    def bad_argument():
+        raise ValueError("k and chunk_size must be >= 1,\n got k=0")
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(bad_argument)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: k and chunk_size must be >= 1, got k=0 (ValueError; SSL_KD_TRACEBACK=1 shows where)\n"
+    monkeypatch.setenv("SSL_KD_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="chunk_size"):
+        cli_main(bad_argument)
+    assert issubclass(UserError, ValueError)  # library callers catch every bad input as a ValueError

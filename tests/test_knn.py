@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_kd.errors import UserError
 from ssl_kd.evaluation import knn_classify, knn_search, rank_of_label, weighted_vote
 
 
@@ -125,9 +124,9 @@ def test_ties_count_against_the_true_label():
         ((10, 8), (4, 8), 9, "train_labels has 9 entries"),
     ],
 )
-def test_bad_input_raises_user_error(train_shape, query_shape, n_train_labels, match):
+def test_bad_arguments_raise_value_errors(train_shape, query_shape, n_train_labels, match):
     train, query = torch.randn(train_shape), torch.randn(query_shape)
     train_y = torch.zeros(n_train_labels, dtype=torch.long)
     query_y = torch.zeros(query_shape[0], dtype=torch.long)
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(ValueError, match=match):
         knn_classify(train, train_y, query, query_y)

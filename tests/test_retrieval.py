@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_kd.errors import UserError
 from ssl_kd.evaluation import retrieval
 from ssl_kd.evaluation.retrieval import map_at_r_from_ranking, recall_at_k_from_ranking, retrieval_metrics
 
@@ -57,7 +56,7 @@ def test_map_at_r_rows_by_hand():
     hits = recall_at_k_from_ranking(relevant, (1, 3))
     assert hits[1].tolist() == [False, True, False, True]
     assert hits[3].tolist() == [True, True, False, True]
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         map_at_r_from_ranking(relevant[:, :1], torch.tensor([2, 2, 1, 0]))  # fewer columns than R
 
 
@@ -123,7 +122,7 @@ def test_separable_clusters_score_100():
 
 
 @pytest.mark.parametrize("case", ["dims", "empty_db", "empty_query", "labels_len", "ks", "chunk", "no_relevant", "nan"])
-def test_bad_input_raises_user_error(case):
+def test_bad_arguments_raise_value_errors(case):
     db, db_y = torch.randn(10, 4), torch.randint(0, 2, (10,))
     query, query_y = torch.randn(3, 4), torch.randint(0, 2, (3,))
     kwargs = {}
@@ -143,7 +142,7 @@ def test_bad_input_raises_user_error(case):
         query_y = torch.full((3,), 7)
     elif case == "nan":
         db[0, 0] = float("nan")
-    with pytest.raises(UserError) as err:
+    with pytest.raises(ValueError) as err:
         retrieval_metrics(db, db_y, query, query_y, use_gpu=False, **kwargs)
     assert "\n" not in str(err.value) and ";" in str(err.value)
 

@@ -41,7 +41,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssl_kd.errors import UserError
 from ssl_kd.evaluation.search import (ArrayLike, auto_cpu_backend, choose_backend, cpu_index, to_gpu, unit_rows,
                                       unit_rows_copy)
 
@@ -128,16 +127,16 @@ def knn_search(
     train = unit_rows(train_feats, "train features")
     query = unit_rows_copy(query_feats, "query features")
     if train.shape[0] == 0:
-        raise UserError("no training features: the train split is empty; "
+        raise ValueError("no training features: the train split is empty; "
                         "check the dataset path and split name")
     if query.shape[0] == 0:
-        raise UserError("no query features: the evaluation split is empty; "
+        raise ValueError("no query features: the evaluation split is empty; "
                         "check the dataset path and split name")
     if train.shape[1] != query.shape[1]:
-        raise UserError(f"feature dimensions differ: train {train.shape[1]} vs query "
+        raise ValueError(f"feature dimensions differ: train {train.shape[1]} vs query "
                         f"{query.shape[1]}; extract both splits with the same model")
     if k < 1 or chunk_size < 1:
-        raise UserError(f"k and chunk_size must be >= 1, got k={k}, chunk_size={chunk_size}")
+        raise ValueError(f"k and chunk_size must be >= 1, got k={k}, chunk_size={chunk_size}")
     k = min(int(k), train.shape[0])
 
     chosen = choose_backend(backend, use_gpu, k)
@@ -160,7 +159,7 @@ def weighted_vote(
     per-row constant exp(-max_j s_j / T) (same argmax and ranking, no underflow).
     """
     if temperature <= 0:
-        raise UserError(f"temperature must be > 0, got {temperature}; the usual value is 0.07")
+        raise ValueError(f"temperature must be > 0, got {temperature}; the usual value is 0.07")
     sims = sims.float()
     weights = torch.exp((sims - sims.max(dim=1, keepdim=True).values) / temperature)
     scores = torch.zeros(sims.shape[0], num_classes, dtype=torch.float32, device=sims.device)
@@ -178,10 +177,10 @@ def _as_labels(labels: ArrayLike, n: int, name: str) -> Tensor:
     labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels)
     labels = labels.detach().to("cpu").long().view(-1)
     if labels.numel() != n:
-        raise UserError(f"{name} has {labels.numel()} entries but there are {n} features; "
+        raise ValueError(f"{name} has {labels.numel()} entries but there are {n} features; "
                         "pass one label per feature row")
     if n and int(labels.min()) < 0:
-        raise UserError(f"{name} contain negative values; labels must be class indices 0..C-1")
+        raise ValueError(f"{name} contain negative values; labels must be class indices 0..C-1")
     return labels
 
 
@@ -190,7 +189,7 @@ def _num_classes(train_labels: Tensor, query_labels: Tensor, num_classes: int | 
     if num_classes is None:
         return largest
     if num_classes < largest:
-        raise UserError(f"num_classes={num_classes} but a label equals {largest - 1}; "
+        raise ValueError(f"num_classes={num_classes} but a label equals {largest - 1}; "
                         "pass num_classes > the largest label, or leave it None")
     return int(num_classes)
 
@@ -235,9 +234,9 @@ def knn_classify(
     """
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
-        raise UserError(f"ks must be a non-empty list of positive ints, got {ks}; e.g. ks=(10, 20)")
+        raise ValueError(f"ks must be a non-empty list of positive ints, got {ks}; e.g. ks=(10, 20)")
     if temperature <= 0:
-        raise UserError(f"temperature must be > 0, got {temperature}; the usual value is 0.07")
+        raise ValueError(f"temperature must be > 0, got {temperature}; the usual value is 0.07")
     n_train, n_query = len(train_feats), len(query_feats)
     train_y = _as_labels(train_labels, n_train, "train_labels")
     query_y = _as_labels(query_labels, n_query, "query_labels")

@@ -51,7 +51,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssl_kd.errors import UserError
 from ssl_kd.evaluation.knn import _as_labels
 from ssl_kd.evaluation.search import (GPU_MAX_K, ArrayLike, auto_cpu_backend, choose_backend, cpu_index, to_gpu, unit_rows,
                                      unit_rows_copy)
@@ -97,10 +96,10 @@ def map_at_r_from_ranking(relevant: Tensor, r: Tensor) -> Tensor:
     relevant = torch.as_tensor(relevant).bool()
     r = torch.as_tensor(r).long().view(-1)
     if relevant.ndim != 2 or relevant.shape[0] != r.numel():
-        raise UserError(f"relevant must be [Q, L] with Q = len(r) = {r.numel()}, got shape "
+        raise ValueError(f"relevant must be [Q, L] with Q = len(r) = {r.numel()}, got shape "
                         f"{tuple(relevant.shape)}; pass one ranking row per query")
     if r.numel() and (int(r.min()) < 0 or int(r.max()) > relevant.shape[1]):
-        raise UserError(f"every R must lie in [0, L = {relevant.shape[1]}], got R in "
+        raise ValueError(f"every R must lie in [0, L = {relevant.shape[1]}], got R in "
                         f"[{int(r.min())}, {int(r.max())}]; pass at least max(R) ranked items per query")
     ranks = torch.arange(1, relevant.shape[1] + 1, dtype=torch.float64)
     rel = relevant & (ranks[None, :] <= r[:, None])  # only the first R_q positions count
@@ -117,7 +116,7 @@ def recall_at_k_from_ranking(relevant: Tensor, ks: Sequence[int]) -> dict[int, T
     """
     relevant = torch.as_tensor(relevant).bool()
     if relevant.ndim != 2:
-        raise UserError(f"relevant must be a 2-d bool array [Q, L], got shape {tuple(relevant.shape)}; "
+        raise ValueError(f"relevant must be a 2-d bool array [Q, L], got shape {tuple(relevant.shape)}; "
                         "pass one ranking row per query")
     return {int(k): relevant[:, :int(k)].any(dim=1) for k in ks}
 
@@ -143,16 +142,16 @@ def retrieval_metrics(
     """
     ks = [int(k) for k in ks]
     if not ks or min(ks) < 1:
-        raise UserError(f"ks must be a non-empty list of positive ints, got {ks}; e.g. ks=(1, 5, 10)")
+        raise ValueError(f"ks must be a non-empty list of positive ints, got {ks}; e.g. ks=(1, 5, 10)")
     if chunk_size < 1:
-        raise UserError(f"chunk_size must be >= 1, got {chunk_size}; e.g. 1024")
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}; e.g. 1024")
     db = unit_rows(db_feats, "database features")
     query = unit_rows_copy(query_feats, "query features")
     if db.shape[0] == 0 or query.shape[0] == 0:
-        raise UserError(f"empty retrieval set: {db.shape[0]} database and {query.shape[0]} query features; "
+        raise ValueError(f"empty retrieval set: {db.shape[0]} database and {query.shape[0]} query features; "
                         "check the dataset path and split names")
     if db.shape[1] != query.shape[1]:
-        raise UserError(f"feature dimensions differ: database {db.shape[1]} vs query {query.shape[1]}; "
+        raise ValueError(f"feature dimensions differ: database {db.shape[1]} vs query {query.shape[1]}; "
                         "extract both splits with the same model")
     n_db, n_query = db.shape[0], query.shape[0]
     db_y = _as_labels(db_labels, n_db, "db_labels")
@@ -161,7 +160,7 @@ def retrieval_metrics(
     r_all = counts[query_y]  # R_q
     n_scored = int((r_all > 0).sum())
     if n_scored == 0:
-        raise UserError("no query label occurs in the database, so no query has a relevant item; "
+        raise ValueError("no query label occurs in the database, so no query has a relevant item; "
                         "use the same class indices for both splits")
 
     cpu_choice = choose_backend(backend, use_gpu=False)  # "torch", "faiss" or "hnsw"
