@@ -9,7 +9,7 @@ or a value of the wrong type is a one-line `UserError` naming the key and the fi
 from __future__ import annotations
 
 import difflib
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +22,7 @@ from .errors import UserError
 @dataclass
 class DataConfig:
     """The dataset and its views. Fields left at None take the dataset's own default
-    (`ssl_kd.data.DATASET_DEFAULTS`: e.g. no flips for digits, blur for 96 px and up)."""
+    (`DATASET_DEFAULTS` below: e.g. no flips for digits, blur for 96 px and up)."""
 
     name: str = "digits"  # digits | cifar10 | cifar100 | stl10 | imagefolder | folder (unlabeled images, train only)
     root: Optional[str] = None  # where torchvision datasets live / the ImageFolder root / the folder of images
@@ -253,8 +253,34 @@ class Config:
     out: str = "runs/default"
 
 
+# Per-dataset defaults for the DataConfig fields left at None.
+_NATURAL = dict(min_scale=0.08, hflip=0.5, color_jitter=0.8, jitter_strength=1.0, grayscale=0.2, blur=0.5, rotation=0.0)
+_SMALL = dict(_NATURAL, min_scale=0.2, jitter_strength=0.5, blur=0.0)  # 32 px: SimCLR's CIFAR recipe
+DATASET_DEFAULTS: dict[str, dict] = {
+    # grey 8x8 glyphs: no flips (a mirrored 2 is not a 2), no colour, slight rotations
+    "digits": dict(image_size=32, min_scale=0.4, hflip=0.0, color_jitter=0.8, jitter_strength=0.5, grayscale=0.0, blur=0.0, rotation=0.5),
+    "cifar10": dict(_SMALL, image_size=32),
+    "cifar100": dict(_SMALL, image_size=32),
+    "stl10": dict(_NATURAL, image_size=96),
+    "imagefolder": dict(_NATURAL, image_size=224),
+    "folder": dict(_NATURAL, image_size=224),
+}
+
+
+def resolve_data_config(cfg: DataConfig) -> DataConfig:
+    """Fill the fields left at None with the dataset's defaults (an unknown dataset is an error). `load_config`
+    does it once, for `data`; a `DataConfig` built in code goes through it where it enters (`ssl_kd.api`,
+    `build_dataset`, the view transforms). Idempotent."""
+    if cfg.name not in DATASET_DEFAULTS:
+        raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {', '.join(DATASET_DEFAULTS)} (data.name / --data)")
+    filled = {key: value for key, value in DATASET_DEFAULTS[cfg.name].items() if getattr(cfg, key) is None}
+    return replace(cfg, **filled)
+
+
 def load_config(config_file: str | None = None, overrides: list[str] | None = None, schema: type = Config) -> Any:
-    """Defaults < YAML file < overrides, validated against `schema`; returns a typed instance."""
+    """Defaults < YAML file < overrides, validated against `schema`; returns a typed instance whose `data`
+    has its dataset's defaults filled in (`resolve_data_config`; `eval_data` takes the training data's
+    size, so it is resolved against it where it is used: `evaluation.inputs.evaluation_data`)."""
     merged = OmegaConf.structured(schema)
     if config_file is not None:
         path = Path(config_file)
@@ -267,7 +293,10 @@ def load_config(config_file: str | None = None, overrides: list[str] | None = No
         key, value = item.split("=", 1)
         key = key.strip()
         merged = _merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]), schema, f"override '{item}'", key)
-    return OmegaConf.to_object(merged)
+    cfg = OmegaConf.to_object(merged)
+    if isinstance(getattr(cfg, "data", None), DataConfig):
+        cfg.data = resolve_data_config(cfg.data)  # once, here: every later reader sees the dataset's defaults filled in
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict:

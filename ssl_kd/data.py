@@ -37,7 +37,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import pil_loader
 
-from .config import DataConfig
+from .config import DATASET_DEFAULTS, DataConfig, resolve_data_config  # noqa: F401  (re-exported)
 from .errors import UserError
 from .image_files import READ_ERRORS, FileList, UnreadableCheck, UnreadableImages, image_file_list
 
@@ -293,25 +293,3 @@ DATASETS: dict[str, Callable] = {
     "imagefolder": _imagefolder,
     "folder": _folder,
 }
-
-
-# Per-dataset defaults for the DataConfig fields left at None.
-_NATURAL = dict(min_scale=0.08, hflip=0.5, color_jitter=0.8, jitter_strength=1.0, grayscale=0.2, blur=0.5, rotation=0.0)
-_SMALL = dict(_NATURAL, min_scale=0.2, jitter_strength=0.5, blur=0.0)  # 32 px: SimCLR's CIFAR recipe
-DATASET_DEFAULTS: dict[str, dict] = {
-    # grey 8x8 glyphs: no flips (a mirrored 2 is not a 2), no colour, slight rotations
-    "digits": dict(image_size=32, min_scale=0.4, hflip=0.0, color_jitter=0.8, jitter_strength=0.5, grayscale=0.0, blur=0.0, rotation=0.5),
-    "cifar10": dict(_SMALL, image_size=32),
-    "cifar100": dict(_SMALL, image_size=32),
-    "stl10": dict(_NATURAL, image_size=96),
-    "imagefolder": dict(_NATURAL, image_size=224),
-    "folder": dict(_NATURAL, image_size=224),
-}
-
-
-def resolve_data_config(cfg: DataConfig) -> DataConfig:
-    """Fill the fields left at None with the dataset's defaults (an unknown dataset is an error)."""
-    if cfg.name not in DATASET_DEFAULTS:
-        raise UserError(f"unknown dataset '{cfg.name}'; choose one of: {', '.join(DATASETS)} (data.name / --data)")
-    filled = {key: value for key, value in DATASET_DEFAULTS[cfg.name].items() if getattr(cfg, key) is None}
-    return replace(cfg, **filled)

@@ -28,6 +28,8 @@ class RotatedViews:
     and crops each rotation separately; here the four views share one crop and differ only by the turn.
     """
 
+    num_views = 4  # tensors per call
+
     def __init__(self, view: Callable):
         self.view = view
 
@@ -68,6 +70,8 @@ def view_draw(cfg: DataConfig):
 class SingleView:
     """A view transform as a draw: image -> [view]."""
 
+    num_views = 1  # tensors per call
+
     def __init__(self, view: Callable):
         self.view = view
 
@@ -85,6 +89,7 @@ class MultiDraw:
 
     def __init__(self, draw: Callable, draws: int):
         self.draw, self.draws = draw, draws
+        self.num_views = draws * draw.num_views  # tensors per call
 
     def __call__(self, image) -> list[torch.Tensor]:
         return [view for _ in range(self.draws) for view in self.draw(image)]
@@ -96,8 +101,8 @@ def num_views(cfg: DataConfig) -> int:
 
 
 def views_transform(cfg: DataConfig):
-    """The training transform: image -> the `num_views(cfg)` views of a step (`view_draw`, drawn
-    `DRAWS_PER_STEP` times from torch's and numpy's global generators)."""
+    """The training transform: image -> the views of a step (`view_draw`, drawn `DRAWS_PER_STEP` times
+    from torch's and numpy's global generators); its `num_views` says how many, equal to `num_views(cfg)`."""
     draw, draws = view_draw(cfg), DRAWS_PER_STEP[resolve_data_config(cfg).views]
     return draw if draws == 1 else MultiDraw(draw, draws)
 

@@ -21,7 +21,7 @@ import torch
 
 from ssl_kd.cli import distributed_session
 from ssl_kd.config import Config, load_config, to_dict
-from ssl_kd.data import build_dataset, resolve_data_config
+from ssl_kd.data import build_dataset
 from ssl_kd.views import views_transform
 from ssl_kd.loaders import make_loader
 from ssl_kd.defaults import default_teacher
@@ -99,7 +99,6 @@ def main(out: Path, run_dir: str, methods: str, overrides: list[str]) -> None:
     def config(method: str) -> Config:
         cfg = load_config(None, ["train.device=cpu", "data.num_workers=0", "train.log_every=1", "eval.monitor_every=0",
                                  *DETERMINISTIC_VIEWS, *overrides, f"loss.method={method}"])
-        cfg.data = resolve_data_config(cfg.data)
         return cfg
 
     names = methods.split(",")

@@ -20,8 +20,6 @@ import torch
 from torchrun_helpers import REPO, free_port, wait_or_kill
 
 from ssl_kd.checkpoint import load_checkpoint
-from ssl_kd.data import resolve_data_config
-
 STEPS_PER_EPOCH, EPOCHS, EVERY = 8, 2, 3
 TINY = ["--epochs", str(EPOCHS), "--batch-size", "32", f"data.subset={32 * STEPS_PER_EPOCH}", "data.num_workers=2",
         "loss.queue_size=64", "student.proj_hidden=64", "eval.monitor_every=0", "eval.linear_probe=false",
@@ -92,7 +90,6 @@ def uninterrupted(tmp_path_factory) -> dict:
     from ssl_kd.job import load_inputs
     run = tmp_path_factory.mktemp("straight") / "run"
     cfg = pipeline.config_from_args(pipeline.parse_args(["--out", str(run), *TINY]), pipeline.FLAGS, Config)
-    cfg.data = resolve_data_config(cfg.data)
     distill(cfg, load_inputs(cfg).teacher, run)
     assert logged_steps(run) == list(range(EPOCHS * STEPS_PER_EPOCH))
     return student_weights(run)

@@ -148,7 +148,6 @@ def test_a_distillation_on_the_teacher_cache_stopped_mid_epoch_resumes_bit_exact
     draws, the default: tests/test_kill_and_resume.py, on the main job in a subprocess)."""
     from ssl_kd import loop
     from ssl_kd.config import load_config
-    from ssl_kd.data import resolve_data_config
     from ssl_kd.defaults import default_teacher
     from ssl_kd.distillation import distill
     from ssl_kd.teachers import load_teacher
@@ -157,7 +156,6 @@ def test_a_distillation_on_the_teacher_cache_stopped_mid_epoch_resumes_bit_exact
         cfg = load_config(None, ["train.device=cpu", "data.num_workers=2", "data.subset=96", "train.batch_size=32",
                                  "loss.queue_size=32", "student.proj_hidden=64", "eval.monitor_every=0", "train.epochs=2",
                                  "train.teacher_cache=3", f"train.teacher_cache_dir={tmp_path / 'cache'}"])
-        cfg.data = resolve_data_config(cfg.data)
         return cfg
 
     teacher = load_teacher(str(default_teacher("digits")), image_size=32)
@@ -224,7 +222,6 @@ def test_resuming_with_another_teacher_file_is_refused(tmp_path):
 
 def test_seeded_views_train_the_same_with_any_number_of_loader_workers(tmp_path):
     from ssl_kd.config import load_config
-    from ssl_kd.data import resolve_data_config
     from ssl_kd.defaults import default_teacher
     from ssl_kd.distillation import distill
     from ssl_kd.teachers import load_teacher
@@ -235,7 +232,6 @@ def test_seeded_views_train_the_same_with_any_number_of_loader_workers(tmp_path)
         cfg = load_config(None, ["train.device=cpu", f"data.num_workers={workers}", "data.subset=64", "train.batch_size=32",
                                  "loss.queue_size=32", "student.proj_hidden=64", "eval.monitor_every=0", "train.epochs=1",
                                  "data.seeded_views=true"])
-        cfg.data = resolve_data_config(cfg.data)
         return distill(cfg, teacher, tmp_path / f"workers{workers}").student.state_dict()
 
     serial, parallel = trained(0), trained(2)

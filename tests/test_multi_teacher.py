@@ -14,7 +14,6 @@ import timm
 import torch
 
 from ssl_kd.config import Config, load_config
-from ssl_kd.data import resolve_data_config
 from ssl_kd.distillation import build_objective, build_student
 from ssl_kd.errors import UserError
 from ssl_kd.teachers import load_teacher
@@ -72,7 +71,6 @@ def objective_loss(cfg: Config, teachers: list, views: list[torch.Tensor], index
 def test_weights(tmp_path: Path) -> None:
     overrides = ["loss.queue_size=32", "student.proj_hidden=64"]
     cfg = load_config(None, [*overrides, "teacher.weights=[1,0]"])
-    cfg.data = resolve_data_config(cfg.data)
     size = cfg.data.image_size
     teachers = [load_teacher(str(DIGITS_TEACHER), image_size=size),
                 load_teacher(str(random_timm_teacher(tmp_path / "r10t.pth")), image_size=size)]

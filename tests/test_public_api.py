@@ -54,11 +54,14 @@ def test_a_custom_module_distils_end_to_end(tmp_path) -> None:
 
 
 def test_a_config_in_code_needs_no_set_up(tmp_path) -> None:
-    """`Config()` with data fields left at null: `distill` fills the dataset's defaults itself."""
-    config = ssl_kd.load_config(overrides=TINY)
+    """`Config()` made in code, its data fields left at null: `distill` fills the dataset's defaults itself."""
+    config = ssl_kd.Config()
+    config.data.subset, config.data.num_workers, config.train.epochs, config.train.batch_size = 64, 0, 1, 32
+    config.loss.queue_size, config.student.proj_hidden, config.eval.monitor_every = 32, 64, 0
     assert config.data.image_size is None
     run = ssl_kd.distill(ssl_kd.Teacher.from_module(SmallCNN(), (0.5,) * 3, (0.25,) * 3), config, out=tmp_path / "run")
-    assert run.student.feat_dim > 0 and config.data.image_size is None  # the caller's config is left as it was
+    assert run.fit.steps == 2 and config.data.image_size is None  # the caller's config is left as it was
+    assert ssl_kd.load_config(overrides=TINY).data.image_size == 32  # a loaded config comes resolved
 
 
 def test_the_module_output_must_be_features() -> None:

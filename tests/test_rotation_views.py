@@ -56,3 +56,12 @@ def test_crops_stay_the_default_and_unknown_modes_are_user_errors():
     with pytest.raises(UserError, match="data.views='flips'"):
         views_transform(_cfg("flips"))
     assert load_config(overrides=["data.views=rotations"]).data.views == "rotations"
+
+
+@pytest.mark.parametrize("views", ["crops", "rotations"])
+def test_the_transform_says_how_many_views_it_makes(views):
+    from ssl_kd.views import num_views
+
+    transform = views_transform(_cfg(views))
+    image = build_dataset(_cfg(), "train", None)[0][0]
+    assert transform.num_views == num_views(_cfg(views)) == len(transform(image)) == {"crops": 2, "rotations": 4}[views]

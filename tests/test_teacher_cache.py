@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssl_kd.config import load_config
-from ssl_kd.data import build_dataset, resolve_data_config
+from ssl_kd.data import build_dataset
 from ssl_kd.views import view_draw, views_transform
 from ssl_kd.loaders import make_loader
 from ssl_kd.defaults import default_teacher
@@ -28,7 +28,6 @@ TINY = ["train.device=cpu", "data.num_workers=0", "data.subset=64", "train.batch
 
 def _cfg(*overrides: str):
     cfg = load_config(None, [*TINY, *overrides])
-    cfg.data = resolve_data_config(cfg.data)
     return cfg
 
 

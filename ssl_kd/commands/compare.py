@@ -34,7 +34,6 @@ from ssl_kd.cli import (
     write_config,
 )
 from ssl_kd.config import Config
-from ssl_kd.data import resolve_data_config
 from ssl_kd.distillation import (
     SSL_SCRATCH,
     build_student,
@@ -108,7 +107,6 @@ def main(argv=None, prog: str | None = None) -> dict:
     if args.out is None and not any(o.startswith("out=") for o in args.overrides):
         args.out = "runs/compare"
     cfg = config_from_args(args, FLAGS, Config)
-    cfg.data = resolve_data_config(cfg.data)
     validate_config(cfg)  # bad values fail here, in seconds, before any work
     validate_output_dir(cfg.out)
     methods, seeds = chosen_methods(args.methods), list(range(args.seeds))

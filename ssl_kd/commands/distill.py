@@ -32,7 +32,6 @@ from ssl_kd.cli import (
     write_config,
 )
 from ssl_kd.config import Config, to_dict
-from ssl_kd.data import resolve_data_config
 from ssl_kd.distillation import distill, method_names
 from ssl_kd.errors import cli_main
 from ssl_kd.evaluation.report import (
@@ -94,7 +93,6 @@ def main(argv=None, prog: str | None = None) -> dict:
     setup_logging()
     started = time.time()
     cfg = config_from_args(parse_args(argv, prog), FLAGS, Config)
-    cfg.data = resolve_data_config(cfg.data)
     validate_config(cfg)  # bad values fail here, in seconds, before any work
     validate_output_dir(cfg.out)
     with distributed_session(cfg.train):

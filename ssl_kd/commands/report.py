@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 
 from ssl_kd.config import load_config
-from ssl_kd.data import resolve_data_config
 from ssl_kd.errors import UserError, cli_main
 from ssl_kd.evaluation.entry import DEFAULT_CACHE, cache_dir
 from ssl_kd.evaluation.inputs import eval_split
@@ -45,7 +44,7 @@ def read_run(run: Path) -> dict:
 
 def student_test_features(run: Path, cache: str | None, device) -> tuple:
     """(features, labels, class names) of the run's student on its test split, with the run's own data config."""
-    data = resolve_data_config(load_config(str(run / "config.yaml")).data)
+    data = load_config(str(run / "config.yaml")).data
     dataset = eval_split(data, "test")
     model = load_eval_model(run).to(device)
     feats, labels = cached_features(model, dataset, cache_dir=cache, device=device, num_workers=data.num_workers, progress=False)
