@@ -27,7 +27,6 @@ The view transforms live in `ssl_kd.views`, the loaders in `ssl_kd.loaders`.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .evaluation.models import STUDENT_FILE, STUDENT_INFO, load_eval_model
-from .students import create_backbone
+from .backbones import create_backbone
 
 FORMATS = ("timm", "torchscript", "onnx")
 DEFAULT_NAMES = {"timm": "student_timm.pth", "torchscript": "student_torchscript.pt", "onnx": "student.onnx"}

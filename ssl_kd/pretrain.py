@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backbones import register_normalization
+
 
 class SimCLRObjective(nn.Module):
     def __init__(self, backbone: nn.Module, mean, std, *, proj_dim: int = 128, temperature: float = 0.2):
@@ -21,8 +23,7 @@ class SimCLRObjective(nn.Module):
         dim = backbone.num_features
         self.trainable = nn.ModuleDict({"backbone": backbone, "head": SimCLRProjectionHead(dim, dim, proj_dim)})
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=torch.distributed.is_initialized())
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        register_normalization(self, mean, std)
 
     def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None) -> dict:
         x = (torch.cat(views) - self.mean) / self.std

@@ -240,7 +240,7 @@ def _check_small_stem(arch: str, small_stem: bool) -> None:
     """`student.small_stem` on a model without a ResNet stem: the one line `ssl_kd.students` gives, from a
     build on the meta device (no memory, no init), before the data and the teacher load."""
     if small_stem:
-        from .students import create_backbone
+        from .backbones import create_backbone
 
         with torch.device("meta"):
             create_backbone(arch, small_stem=True)
@@ -251,7 +251,7 @@ def _check_input_side(key: str, arch: str, side: int | None, small_stem: bool = 
     ...) refused at any other, by a forward on the meta device (no memory, no compute). Models that take
     any side (CNNs; ViT, Swin and EVA are built with `dynamic_img_size`, `ssl_kd.students`) pass unchecked.
     The student is built as `ssl_kd.distillation.build_student` builds it: without the data's side."""
-    from .students import _init_parameters, create_backbone
+    from .backbones import _init_parameters, create_backbone
 
     params = _init_parameters(arch)
     if side is None or "img_size" not in params or "dynamic_img_size" in params:

@@ -323,11 +323,11 @@ def test_error_messages_are_one_line(r18_file: Path) -> None:
 def test_resaved_teacher_keeps_model_kwargs_and_stem_surgery(tmp_path: Path) -> None:
     """A loaded teacher written again with save_teacher comes back identical: timm kwargs (a ViT at
     32 px) and the CIFAR-stem rebuild both travel in the ssl_kd file."""
-    from ssl_kd.teachers.layouts.resnet_arch import small_stem
+    from ssl_kd.backbones import use_small_stem
 
     vit = timm.create_model("vit_small_patch16_224", num_classes=0, img_size=32)
     cifar = timm.create_model("resnet18", num_classes=0)
-    small_stem(cifar, padding=1)
+    use_small_stem(cifar, padding=1)
     x = torch.rand(2, 3, 32, 32)
     for name, model in (("vit", vit), ("cifar", cifar)):
         torch.save(model.state_dict(), tmp_path / f"{name}.pth")

@@ -35,7 +35,7 @@ from ssl_kd.loaders import make_loader
 from ssl_kd.loop import fit
 from ssl_kd.parallel import is_main_process
 from ssl_kd.pretrain import SimCLRObjective
-from ssl_kd.students import create_backbone
+from ssl_kd.backbones import create_backbone
 from ssl_kd.teachers import save_teacher
 from ssl_kd.validation import validate_config, validate_output_dir
 from ssl_kd.views import views_transform
@@ -64,10 +64,11 @@ def main(argv=None, prog: str | None = None) -> Path:
     if cfg.method != "simclr":
         raise UserError(f"unknown pretraining method '{cfg.method}'; this pipeline trains simclr")
     with distributed_session(cfg.train) as device:  # torchrun: SimCLR's loss then gathers the global batch
-        return pretrain(cfg, device, argv)
+        command = f"{prog or 'ssl-kd pretrain'} " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in the file
+        return pretrain(cfg, device, command)
 
 
-def pretrain(cfg: PretrainConfig, device, argv) -> Path:
+def pretrain(cfg: PretrainConfig, device, command: str) -> Path:
     out = Path(cfg.out)
     write_config(cfg, out)
     dataset = build_dataset(cfg.data, "train", views_transform(cfg.data))
@@ -81,7 +82,6 @@ def pretrain(cfg: PretrainConfig, device, argv) -> Path:
     fit(objective, loader, cfg.train, out, to_dict(cfg), device, data_check=unreadable_check(dataset, cfg.data.max_bad_fraction))
     if not is_main_process():
         return out / "teacher.pth"
-    command = f"{prog or 'ssl-kd pretrain'} " + shlex.join(sys.argv[1:] if argv is None else argv)
     path = save_teacher(
         out / "teacher.pth", backbone.cpu(), cfg.arch, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         input_size=cfg.data.image_size, meta={"method": "simclr", "dataset": cfg.data.name, "epochs": cfg.train.epochs, "command": command},

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..checkpoint import load_checkpoint
 from ..errors import UserError
-from ..students import create_backbone
+from ..backbones import create_backbone
 from ..teachers import Teacher, load_teacher
 
 STUDENT_FILE, STUDENT_INFO = "student_timm.pth", "student_timm.json"

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..embeddings import Embeddings
 from ..errors import UserError
-from ..students import backbone_with_maps
+from ..backbones import backbone_with_maps, register_normalization
 from .heads import HeadInfo
 
 EMBEDDINGS = ("backbone", "head")  # the spaces a teacher's `emb` can be in (teacher.embedding, besides auto)
@@ -50,7 +50,7 @@ class Teacher(nn.Module):
     config `teacher.embedding`), for files that carry their head (`formats.ProjectionHead`); `embed_dim`
     is e's width. `l` is the classifier's output when the checkpoint is a supervised classifier whose
     head was kept (`has_logits`), else None. `forward(x, maps=True)` also fills `maps`, the backbone's stage outputs
-    (`ssl_kd.students.backbone_with_maps`), from the same single pass. Every parameter has
+    (`ssl_kd.backbones.backbone_with_maps`), from the same single pass. Every parameter has
     `requires_grad=False`, and the module stays in eval mode whatever `.train()` is called with, on it
     or on a parent.
     """
@@ -79,8 +79,7 @@ class Teacher(nn.Module):
         self.head_info = head_info if projection_head is not None else None
         self.embedding = "backbone"  # which space `emb` is in; `with_embedding` gives the other view
         self.model_kwargs = dict(model_kwargs or {})  # extra timm.create_model kwargs, kept when re-saved
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        register_normalization(self, mean, std)
         self.arch = arch
         self.feat_dim: int = int(backbone.num_features)  # width of `feat`, the backbone feature
         self.embed_dim: int = self.feat_dim  # width of `emb`: the head's in the head space

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ..formats import Converted, StateDict, infer_arch, register_arch_inferer
+from ...backbones import use_small_stem
 
 Surgery = Callable[[nn.Module], None]
 
@@ -191,19 +192,6 @@ def _conv_like(conv: nn.Conv2d, in_channels: int, out_channels: int) -> nn.Conv2
     )
 
 
-def small_stem(model: nn.Module, padding: int = 1) -> None:
-    """Replace a ResNet's 7x7/stride-2 `conv1` by a 3x3/stride-1 conv and its max-pool by Identity.
-
-    Students use it too (`student.small_stem`, padding 1).
-    """
-    conv = getattr(model, "conv1", None)
-    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
-        raise UserError(f"the small-image stem needs a ResNet with a single conv1, not {type(model).__name__}")
-    small = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=padding, bias=False,
-                      device=conv.weight.device, dtype=conv.weight.dtype)
-    model.conv1, model.maxpool = small, nn.Identity()
-
-
 def widen_stem(model: nn.Module, width: int) -> None:
     """Make a bottleneck ResNet's single-conv stem `width` channels wide (timm fixes it at 64).
 
@@ -231,7 +219,7 @@ class _SmallStem:
     padding: int
 
     def __call__(self, model: nn.Module) -> None:
-        small_stem(model, self.padding)
+        use_small_stem(model, self.padding)
 
 
 def _surgery_adapt(surgeries: tuple[Surgery, ...]) -> Callable[[StateDict, nn.Module], StateDict]:
