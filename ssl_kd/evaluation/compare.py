@@ -12,6 +12,9 @@ import json
 import statistics
 from pathlib import Path
 
+from .plots import pyplot, save_figure
+from .tables import knn_header, render_table, mean_std, number, protocol_line
+
 METRICS = (("knn_top1", "k-NN top-1"), ("knn_top5", "k-NN top-5"), ("linear_top1", "linear top-1"), ("recall_at_1", "recall@1"),
            ("map_at_r", "MAP@R"))
 
@@ -38,30 +41,18 @@ def aggregate(rows: dict[str, list[dict]]) -> dict[str, dict]:
 
 
 def markdown(table: dict[str, dict], k: int, temperature: float) -> str:
-    names = [f"k-NN top-1 (k={k}, T={temperature})", *(label for _, label in METRICS[1:])]
-    lines = ["| row | teacher space | " + " | ".join(names) + " | train s | wall s | seeds |",
-             "|---|---|" + "---:|" * (len(METRICS) + 3)]
+    header = ["row", "teacher space", knn_header(k, temperature), *(label for _, label in METRICS[1:]), "train s", "wall s", "seeds"]
+    body = []
     for name, metrics in table.items():
-        cells = [_cell(metrics.get(key)) for key, _ in METRICS]
-        seconds = [f"{metrics[key]['mean']:.0f}" if key in metrics else "-" for key in ("train_seconds", "wall_seconds")]
+        seconds = [number(metrics[key]["mean"], digits=0) if key in metrics else "-" for key in ("train_seconds", "wall_seconds")]
         n = max((m["n"] for m in metrics.values() if isinstance(m, dict)), default=0)
-        lines.append(f"| {name} | {metrics.get('teacher_embedding', '-')} | {' | '.join(cells + seconds)} | {n} |")
-    return "\n".join(lines)
-
-
-def _cell(summary: dict | None) -> str:
-    if summary is None:
-        return "-"
-    return f"{summary['mean']:.1f} ± {summary['std']:.1f}" if summary["n"] > 1 else f"{summary['mean']:.1f}"
+        body.append([name, metrics.get("teacher_embedding", "-"), *(mean_std(metrics.get(key)) for key, _ in METRICS), *seconds, str(n)])
+    return render_table(header, body, text_columns=2)
 
 
 def bar_chart(table: dict[str, dict], path: Path, metric: str = "knn_top1") -> Path:
     """Horizontal bars of `metric` (mean, with ± std error bars), one per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [name for name, metrics in table.items() if metric in metrics]
     means = [table[name][metric]["mean"] for name in names]
     stds = [table[name][metric]["std"] for name in names]
@@ -72,10 +63,7 @@ def bar_chart(table: dict[str, dict], path: Path, metric: str = "knn_top1") -> P
     ax.set_xlabel(dict(METRICS)[metric] + " (%)")
     for y, (mean, std) in enumerate(zip(means[::-1], stds[::-1])):
         ax.text(mean + std + 0.2, y, f"{mean:.1f}", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write(out_dir: Path, table: dict[str, dict], meta: dict) -> tuple[Path, Path, Path]:
@@ -85,7 +73,7 @@ def write(out_dir: Path, table: dict[str, dict], meta: dict) -> tuple[Path, Path
     title = f"# ssl_kd comparison on {meta['data']['name']}: teacher {meta['teacher']['arch']} -> student {meta['student']}"
     body = [title, "", f"{meta['seeds']} seeds, {meta['epochs']} epochs each, on {meta['machine']}. Mean ± std over seeds.", "",
             markdown(table, meta["protocol"]["knn_k"], meta["protocol"]["knn_temperature"]), "",
-            "Protocol: " + "; ".join(meta["protocol"][key] for key in ("knn", "linear", "retrieval") if key in meta["protocol"]) + ".", "", "![k-NN top-1](compare.png)", ""]
+            protocol_line(meta["protocol"]), "", "![k-NN top-1](compare.png)", ""]
     md_path.write_text("\n".join(body))
     bar_chart(table, png_path)
     return json_path, md_path, png_path

@@ -73,8 +73,8 @@ def _loss_parts(records: list[dict]) -> list[str]:
     return list(names)
 
 
-def _pyplot():
-    """pyplot on the Agg backend (headless), imported on first use as in compare.py."""
+def pyplot():
+    """pyplot on the Agg backend (headless), imported on first use: the one matplotlib set-up of every figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,12 +83,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write at the reports' DPI (its folder made), close."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -107,7 +108,7 @@ def plot_loss_curves(runs: Mapping[str, list[dict]], path: str | Path) -> Path:
         if chosen:
             curves[label] = (chosen, per_step)
     parts = _loss_parts(next(iter(curves.values()))[0]) if len(curves) == 1 else []
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2 if parts else 1, figsize=(11 if parts else 6.5, 4), squeeze=False)
     ax = axes[0][0]
     for label, (records, per_step) in curves.items():
@@ -129,7 +130,7 @@ def plot_loss_curves(runs: Mapping[str, list[dict]], path: str | Path) -> Path:
         ax.set_title(f"loss parts: {next(iter(curves))}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_knn_over_epochs(runs: Mapping[str, list[dict]], path: str | Path, teacher_top1: float | None = None) -> Path | None:
@@ -147,7 +148,7 @@ def plot_knn_over_epochs(runs: Mapping[str, list[dict]], path: str | Path, teach
             curves[label] = sorted(points.items())
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -161,7 +162,7 @@ def plot_knn_over_epochs(runs: Mapping[str, list[dict]], path: str | Path, teach
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -214,7 +215,7 @@ def plot_feature_scatter(feats, labels, path: str | Path, *, method: str = "pca"
         xy = TSNE(n_components=2, init="pca", perplexity=min(30.0, (len(x) - 1) / 3), random_state=seed).fit_transform(x)
         axis_labels = ("t-SNE 1", "t-SNE 2")
     classes = np.unique(y)
-    plt = _pyplot()
+    plt = pyplot()
     if len(classes) <= 10:
         colors = plt.get_cmap("tab10")(np.arange(len(classes)))
     elif len(classes) <= 20:
@@ -231,4 +232,4 @@ def plot_feature_scatter(feats, labels, path: str | Path, *, method: str = "pca"
     ax.set_title(title or f"{method.upper() if method == 'pca' else 't-SNE'} of {len(x)} features, {len(classes)} classes")
     if len(classes) <= 20:
         ax.legend(fontsize=7, markerscale=1.5, loc="best", ncol=2 if len(classes) > 10 else 1)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..provenance import record_line
 from .plots import plot_feature_scatter, plot_knn_over_epochs, plot_loss_curves, read_metrics
+from .tables import knn_header, number, protocol_line, render_table
 
 BASELINES = (("random-init student", "random_student"), ("raw pixels", "raw_pixels"))
 COLUMNS = ("params (M)", "images/s", "k-NN top-1", "k-NN top-5", "linear top-1", "recall@1", "MAP@R")
@@ -45,21 +46,14 @@ def report_rows(report: dict) -> list[tuple[str, dict]]:
     return rows
 
 
-def _cell(r: dict, key: str, scale: float = 1.0, digits: int = 1) -> str:
-    value = r.get(key)
-    return "-" if value is None else f"{value / scale:.{digits}f}"
-
-
 def markdown_rows(rows: list[tuple[str, dict]], protocol: dict) -> str:
     """A Markdown table of (label, numbers) rows: model, arch, then `COLUMNS`."""
-    k, temperature = protocol["knn_k"], protocol["knn_temperature"]
-    names = [name if name != "k-NN top-1" else f"k-NN top-1 (k={k}, T={temperature})" for name in COLUMNS]
-    lines = ["| model | arch | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
-    for label, r in rows:
-        cells = [_cell(r, "params", 1e6, 2), _cell(r, "images_per_s", digits=0)]
-        cells += [_cell(r, key) for key in ("knn_top1", "knn_top5", "linear_top1", "recall_at_1", "map_at_r")]
-        lines.append(f"| {label} | {r.get('arch', '-')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    knn = knn_header(protocol["knn_k"], protocol["knn_temperature"])
+    header = ["model", "arch", *(knn if name == "k-NN top-1" else name for name in COLUMNS)]
+    body = [[label, r.get("arch", "-"), number(r.get("params"), 1e6, 2), number(r.get("images_per_s"), digits=0),
+             *(number(r.get(key)) for key in ("knn_top1", "knn_top5", "linear_top1", "recall_at_1", "map_at_r"))]
+            for label, r in rows]
+    return render_table(header, body, text_columns=2)
 
 
 def markdown_table(report: dict) -> str:
@@ -77,10 +71,6 @@ def summary_lines(report: dict) -> list[str]:
                      + (f" and runs {student['images_per_s'] / teacher['images_per_s']:.2f}x faster at inference"
                         if teacher.get("images_per_s") and student.get("images_per_s") else ""))
     return lines
-
-
-def protocol_line(protocol: dict) -> str:
-    return "Protocol: " + "; ".join(protocol[key] for key in ("knn", "linear", "retrieval") if key in protocol) + "."
 
 
 def figure_lines(figures: dict[str, Path], out_dir: Path) -> list[str]:
