@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_kd.errors import UserError
 from ssl_kd.evaluation.classwise import classwise_report, confusion_matrix, per_class_accuracy
 
 # 4 classes; class 3 has no test item (but is predicted once)
@@ -52,7 +51,7 @@ def test_report_is_json_ready():
 
 
 @pytest.mark.parametrize("case", ["range", "length", "empty", "negative"])
-def test_bad_input_raises_user_error(case):
+def test_bad_arguments_raise_value_errors(case):
     preds, labels, c = PREDS, LABELS, 4
     if case == "range":
         c = 3  # label 3 / prediction 3 out of range
@@ -63,12 +62,12 @@ def test_bad_input_raises_user_error(case):
     elif case == "negative":
         preds = PREDS.clone()
         preds[0] = -1
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         confusion_matrix(preds, labels, c)
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         classwise_report(preds, labels, ["a", "b", "c", "d"][:c])
 
 
 def test_duplicate_class_names_rejected():
-    with pytest.raises(UserError):
+    with pytest.raises(ValueError):
         classwise_report(PREDS, LABELS, ["a", "a", "b", "c"])

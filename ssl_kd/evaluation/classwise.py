@@ -17,7 +17,6 @@ import torch
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 from torch import Tensor
 
-from ssl_kd.errors import UserError
 from ssl_kd.evaluation.knn import ArrayLike, _as_labels
 
 __all__ = ["classwise_report", "confusion_matrix", "per_class_accuracy"]
@@ -26,15 +25,15 @@ __all__ = ["classwise_report", "confusion_matrix", "per_class_accuracy"]
 def _checked(predictions: ArrayLike, labels: ArrayLike, num_classes: int) -> tuple[Tensor, Tensor]:
     n = len(predictions)
     if n == 0:
-        raise UserError("no predictions to evaluate: the evaluation split is empty; "
+        raise ValueError("no predictions to evaluate: the evaluation split is empty; "
                         "check the dataset path and split name")
     if num_classes < 1:
-        raise UserError(f"num_classes must be >= 1, got {num_classes}; pass the number of classes")
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}; pass the number of classes")
     preds = _as_labels(predictions, n, "predictions")
     labels = _as_labels(labels, n, "labels")
     largest = int(torch.maximum(preds.max(), labels.max()))
     if largest >= num_classes:
-        raise UserError(f"a prediction or label equals {largest} but num_classes={num_classes}; "
+        raise ValueError(f"a prediction or label equals {largest} but num_classes={num_classes}; "
                         "pass num_classes > the largest class index")
     return preds, labels
 
@@ -66,7 +65,7 @@ def classwise_report(predictions: ArrayLike, labels: ArrayLike, class_names: Seq
     """
     names = [str(name) for name in class_names]
     if len(set(names)) != len(names):
-        raise UserError("class_names contain duplicates; pass one distinct name per class index")
+        raise ValueError("class_names contain duplicates; pass one distinct name per class index")
     matrix = confusion_matrix(predictions, labels, len(names))
     acc = _per_class_from_confusion(matrix).tolist()
     present = [c for c in range(len(names)) if not math.isnan(acc[c])]
