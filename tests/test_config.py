@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssl_kd.config import Config, LossConfig, PretrainConfig, TrainConfig, load_config, to_dict
+from ssl_kd.config import Config, LossConfig, PretrainConfig, TrainConfig, load_config, resolve_data_config, to_dict
 from ssl_kd.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -17,15 +17,20 @@ def _write(tmp_path, text: str) -> str:
     return str(path)
 
 
-def test_defaults_are_the_dataclass_defaults():
+def test_defaults_are_the_dataclass_defaults_with_the_data_resolved():
     cfg = load_config()
     assert isinstance(cfg, Config)
-    assert cfg == Config()
+    expected = Config()
+    expected.data = resolve_data_config(expected.data)  # load_config fills the dataset's defaults, once
+    assert cfg == expected and cfg.data.image_size == 32 and cfg.data.hflip == 0.0
+    assert resolve_data_config(cfg.data) == cfg.data  # idempotent
     assert isinstance(cfg.train, TrainConfig) and isinstance(cfg.loss, LossConfig)
     assert cfg.loss.method == "dlkd" and cfg.loss.dlkd.align_weight == 1.0
     assert cfg.eval.knn_ks == [1, 10, 20, 50, 200]
     pretrain = load_config(schema=PretrainConfig)
-    assert isinstance(pretrain, PretrainConfig) and pretrain == PretrainConfig()
+    expected = PretrainConfig()
+    expected.data = resolve_data_config(expected.data)
+    assert isinstance(pretrain, PretrainConfig) and pretrain == expected
 
 
 def test_file_then_overrides_precedence(tmp_path):
