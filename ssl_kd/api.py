@@ -10,7 +10,8 @@
 
 `distill` is `ssl-kd distill` without the report: the same config (validated and resolved here, so a
 config built in code needs no further set-up), the same checkpoints and resume, the same
-`student_timm.pth`. `evaluate` is the protocol every report row uses.
+`student_timm.pth`. `evaluate` is the protocol every report row uses. Both run in the calling process
+on `config.train.device`; for several GPUs or nodes launch `torchrun ... ssl-kd distill` instead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .evaluation.suite import evaluate_model
 from .loaders import make_loader
 from .loop import resolve_device
 from .teachers import Teacher, load_teacher
-from .validation import check_knn_bank, validate_config
+from .validation import check_knn_bank, validate_config, validate_output_dir
 
 
 def resolved(config: Config | None) -> Config:
@@ -49,6 +50,7 @@ def distill(teacher: Teacher | str | Path, config: Config | None = None, out: st
     cfg = resolved(config)
     if out is not None:
         cfg.out = str(out)
+    validate_output_dir(cfg.out)
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(str(teacher), arch=cfg.teacher.arch, format=cfg.teacher.format,
                                trust=cfg.teacher.trust_checkpoint, image_size=cfg.teacher.image_size or cfg.data.image_size)

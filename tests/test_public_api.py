@@ -77,3 +77,10 @@ def test_a_method_on_stage_maps_refuses_a_module_without_them(tmp_path) -> None:
     config = ssl_kd.load_config(overrides=[*TINY, "loss.method=fitnet"])
     with pytest.raises(ssl_kd.UserError, match="compares stage feature maps, which the teacher SmallCNN"):
         ssl_kd.distill(ssl_kd.Teacher.from_module(SmallCNN(), (0.5,) * 3, (0.25,) * 3), config, out=tmp_path / "run")
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_any_work(tmp_path) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    with pytest.raises(ssl_kd.UserError, match="a file of that name exists"):
+        ssl_kd.distill(ssl_kd.Teacher.from_module(SmallCNN(), (0.5,) * 3, (0.25,) * 3), ssl_kd.load_config(overrides=TINY),
+                       out=tmp_path / "taken")
