@@ -46,9 +46,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from .backbones import create_backbone
+from .encoder import FrozenEncoder
 from .errors import UserError
 from .evaluation.models import STUDENT_FILE, STUDENT_INFO, load_eval_model
-from .backbones import create_backbone
 
 FORMATS = ("timm", "torchscript", "onnx")
 DEFAULT_NAMES = {"timm": "student_timm.pth", "torchscript": "student_torchscript.pt", "onnx": "student.onnx"}
@@ -162,8 +163,8 @@ def export_model(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | 
     return result
 
 
-def load_run_student(run_dir: Path):
-    """The frozen student of a run directory, through the evaluation's loader (`load_eval_model`)."""
+def load_run_student(run_dir: Path) -> FrozenEncoder:
+    """The frozen student of a run directory (a `FrozenEncoder`), through the evaluation's loader (`load_eval_model`)."""
     if not run_dir.exists():
         raise UserError(f"run directory {run_dir} does not exist; pass the --out folder of a finished run (e.g. runs/default)")
     if not run_dir.is_dir():

@@ -24,10 +24,10 @@ import torch
 
 from ..config import Config, DataConfig, load_config
 from ..data import resolve_data_config
+from ..encoder import FrozenEncoder
 from ..errors import UserError
 from ..feature_cache import CACHE_DTYPES
 from ..parallel import init_distributed
-from ..teachers import Teacher
 from . import inputs as eval_inputs
 from .models import load_eval_model
 from .search import BACKENDS
@@ -37,7 +37,7 @@ DEFAULT_CACHE = "runs/feature-cache"
 
 @dataclass
 class EvalInputs:
-    model: Teacher
+    model: FrozenEncoder  # a Teacher for a teacher file, a plain FrozenEncoder for a student export
     name: str
     data: DataConfig
     train: torch.utils.data.Dataset  # the k-NN bank / retrieval database / probe training set (eval transform)

@@ -1,19 +1,20 @@
-"""`Teacher`: a frozen timm backbone that normalises and sizes its own input, and what loading it found."""
+"""`Teacher`: a frozen encoder (`ssl_kd.encoder.FrozenEncoder`) with what a teacher file adds (its SSL
+projection head, a supervised classifier, the side it was trained at), and what loading it found."""
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..embeddings import Embeddings
+from ..encoder import FrozenEncoder
 from ..errors import UserError
-from ..backbones import backbone_with_maps, register_normalization
 from .heads import HeadInfo
 
 EMBEDDINGS = ("backbone", "head")  # the spaces a teacher's `emb` can be in (teacher.embedding, besides auto)
@@ -30,11 +31,12 @@ class LoadInfo:
     head_problem: str | None = None  # why the file's projection head could not be built, when it could not
 
 
-class Teacher(nn.Module):
+class Teacher(FrozenEncoder):
     """A frozen timm backbone that normalises and sizes its own input and returns `Embeddings`.
 
-    Input: images in [0, 1], float [B, 3, H, W], not normalised. The teacher applies its own mean/std
-    (the student applies its own too: each network sees the normalisation it was trained with).
+    A `FrozenEncoder` (`ssl_kd/encoder.py`) with what a teacher file adds. Input: images in [0, 1],
+    float [B, 3, H, W], not normalised. The teacher applies its own mean/std (the student applies its
+    own too: each network sees the normalisation it was trained with).
 
     Resolution: `input_size` is the side the checkpoint was trained at, when the file says it (None
     otherwise); it is recorded, never enforced. `image_size` is the side the backbone sees: None means
@@ -50,9 +52,9 @@ class Teacher(nn.Module):
     config `teacher.embedding`), for files that carry their head (`formats.ProjectionHead`); `embed_dim`
     is e's width. `l` is the classifier's output when the checkpoint is a supervised classifier whose
     head was kept (`has_logits`), else None. `forward(x, maps=True)` also fills `maps`, the backbone's stage outputs
-    (`ssl_kd.backbones.backbone_with_maps`), from the same single pass. Every parameter has
-    `requires_grad=False`, and the module stays in eval mode whatever `.train()` is called with, on it
-    or on a parent.
+    (`ssl_kd.backbones.backbone_with_maps`), from the same single pass. Every parameter (the projection
+    head's too) has `requires_grad=False`, and the module stays in eval mode whatever `.train()` is
+    called with, on it or on a parent.
     """
 
     def __init__(
@@ -73,25 +75,16 @@ class Teacher(nn.Module):
         projection_head: nn.Module | None = None,
         head_info: HeadInfo | None = None,
     ) -> None:
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone, arch=arch, mean=mean, std=std, image_size=image_size, format=format, source=source)
         self.projection_head = projection_head  # the file's SSL head, frozen with the backbone (None: none in the file)
         self.head_info = head_info if projection_head is not None else None
         self.embedding = "backbone"  # which space `emb` is in; `with_embedding` gives the other view
         self.model_kwargs = dict(model_kwargs or {})  # extra timm.create_model kwargs, kept when re-saved
-        register_normalization(self, mean, std)
-        self.arch = arch
-        self.feat_dim: int = int(backbone.num_features)  # width of `feat`, the backbone feature
-        self.embed_dim: int = self.feat_dim  # width of `emb`: the head's in the head space
         self.input_size = input_size
-        self.image_size = image_size
         self.has_logits = has_logits
-        self.format = format
         self.meta = dict(meta or {})
-        self.source = source
         self.info = info or LoadInfo()
-        self.requires_grad_(False)
-        self.eval()
+        self.freeze()  # the projection head too
 
     @classmethod
     def from_module(cls, module: nn.Module, mean: Sequence[float], std: Sequence[float], *, name: str | None = None,
@@ -115,23 +108,14 @@ class Teacher(nn.Module):
         return cls(backbone, arch=name or type(module).__name__, mean=mean, std=std, image_size=image_size,
                    format="nn.Module", source=kind, info=LoadInfo(arch_origin="module"))
 
-    def train(self, mode: bool = True) -> Teacher:
-        """Always eval mode: a frozen teacher's BatchNorm statistics and dropout never change."""
-        return super().train(False)
-
     @torch.no_grad()
     def forward(self, x: Tensor, maps: bool = False) -> Embeddings:
         """`maps=True`: also the backbone's stage maps (`Embeddings.maps`), from the same single pass."""
-        if not x.is_floating_point():
-            raise TypeError(f"Teacher expects float images in [0, 1], got dtype {x.dtype}")
-        x = (self.resize(x) - self.mean) / self.std
-        stage_maps = None
-        if maps:
-            feat, stage_maps = backbone_with_maps(self.backbone, x)
-        elif not self.has_logits:
-            feat = self.backbone(x)
+        x = self.preprocess(x)
+        if maps or not self.has_logits:
+            feat, stage_maps = self.backbone_pass(x, maps)
         else:
-            feat = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+            feat, stage_maps = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True), None
         logits = self.backbone.get_classifier()(feat) if self.has_logits else None
         emb = self.projection_head(feat) if self.embedding == "head" else feat
         return Embeddings(feat=feat, emb=emb, logits=logits, maps=stage_maps)
@@ -156,13 +140,6 @@ class Teacher(nn.Module):
         if self.embedding == "head":
             return f"head ({self.head_info.line()})"
         return f"backbone ({self.feat_dim}-d)"
-
-    def resize(self, x: Tensor) -> Tensor:
-        """`x` at image_size x image_size (bilinear, antialiased), or unchanged when no size is set."""
-        size = self.image_size
-        if size is None or tuple(x.shape[-2:]) == (size, size):
-            return x
-        return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
     def extra_repr(self) -> str:
         logits = ", has_logits=True" if self.has_logits else ""
