@@ -6,7 +6,7 @@
     teacher = ssl_kd.Teacher.from_module(my_net, mean=(0.5,) * 3, std=(0.25,) * 3)  # or your own network
     config = ssl_kd.load_config(overrides=["data.name=cifar10", "data.root=~/data", "train.epochs=20"])
     run = ssl_kd.distill(teacher, config, out="runs/mine")           # trains, checkpoints, exports
-    scores = ssl_kd.evaluate(run.student, config)                     # k-NN, retrieval, linear probe (%)
+    scores = ssl_kd.evaluate(run.student, config)                     # ModelScores: k-NN, retrieval, linear probe (%)
 
 `distill` is `ssl-kd distill` without the report: the same config (validated and resolved here, so a
 config built in code needs no further set-up), the same checkpoints and resume, the same
@@ -26,6 +26,7 @@ from .data import require_labels, resolve_data_config
 from .distillation import DistillResult
 from .distillation import distill as _distill
 from .evaluation.inputs import eval_splits, evaluation_data
+from .evaluation.results import ModelScores
 from .evaluation.suite import evaluate_model
 from .loaders import make_loader
 from .loop import resolve_device
@@ -57,10 +58,11 @@ def distill(teacher: Teacher | str | Path, config: Config | None = None, out: st
     return _distill(cfg, teacher, Path(cfg.out), list(extra_teachers))
 
 
-def evaluate(model: nn.Module, config: Config | None = None, name: str = "model") -> dict:
+def evaluate(model: nn.Module, config: Config | None = None, name: str = "model") -> ModelScores:
     """Weighted k-NN top-1/top-5, recall@1, MAP@R and (with `eval.linear_probe`) the linear probe's
     top-1 of `model`'s features, in percent, on `config`'s evaluation data (`eval_data`, else the
-    training data's train split as the bank and its test split as the queries). `model` maps images
+    training data's train split as the bank and its test split as the queries), as a `ModelScores`
+    (`.knn_top1`, ..., `.headline()`, `.to_dict()`). `model` maps images
     in [0, 1] to features or to `Embeddings` (a `Teacher`, a `Student`)."""
     cfg = resolved(config)
     data = evaluation_data(cfg.data, cfg.eval_data)

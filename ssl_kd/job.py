@@ -10,7 +10,7 @@ features (each its shard), rank 0 alone scores, and every rank returns rank 0's 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,12 +23,9 @@ from .distillation import SSL_SCRATCH, build_student, embedding_record, in_embed
 from .evaluation.inputs import EvalSplits, eval_splits, evaluation_data, split_features
 from .evaluation.knn import knn_classify
 from .evaluation.on_main import on_main_process
-from .evaluation.suite import (
-    RawPixels,
-    count_parameters,
-    evaluate_model,
-    images_per_second,
-)
+from .evaluation.report import RunScores
+from .evaluation.results import DataSummary, ModelScores, Protocol
+from .evaluation.suite import RawPixels, count_parameters, evaluate_model, images_per_second
 from .feature_cache import cached_features
 from .loop import FitResult, resolve_device
 from .teachers import Teacher, load_teacher
@@ -110,60 +107,46 @@ def test_features(cfg: Config, inputs: JobInputs, model) -> tuple:
     return feats, labels, list(inputs.test_eval.classes)
 
 
-def evaluate_all(cfg: Config, inputs: JobInputs, student) -> dict:
+def evaluate_all(cfg: Config, inputs: JobInputs, student) -> RunScores:
     """k-NN, retrieval and linear probe of teacher, student, the random-init student and raw pixels; sizes and speeds
-    (measured on rank 0 under torchrun). Every rank returns the same report."""
+    (measured on rank 0 under torchrun). Every rank returns the same scores."""
     train_loader, test_loader = eval_loaders(cfg, inputs)
     teacher = inputs.teacher
     random_student = build_student(cfg, teacher)  # same arch and init seed: the student before distillation
-    models = {"teacher": teacher, "student": student, "random_student": random_student, "raw_pixels": RawPixels()}
-    models.update({f"teacher_{k}": t for k, t in enumerate(inputs.extra_teachers, start=1)})
-    results = {name: evaluate_model(model, train_loader, test_loader, cfg.eval, inputs.device, name) for name, model in models.items()}
+
+    def evaluate(model, name: str) -> ModelScores:
+        return evaluate_model(model, train_loader, test_loader, cfg.eval, inputs.device, name)
+
+    def evaluate_teacher(t: Teacher, name: str, source: str, **speed) -> ModelScores:
+        embedding = None if cfg.loss.method == SSL_SCRATCH else embedding_record(in_embedding_space(cfg, t))  # the method's space
+        return replace(evaluate(t, name), arch=t.arch, params=count_parameters(t.backbone), source=source, embedding=embedding, **speed)
+
     speed = on_main_process(lambda: images_per_second({"teacher": teacher, "student": student.backbone},
                                                       next(iter(test_loader))[0][: cfg.eval.batch_size], inputs.device))
-    results["teacher"].update(arch=teacher.arch, params=count_parameters(teacher.backbone), images_per_s=speed["teacher"],
-                              source=inputs.teacher_path)
-    if cfg.loss.method != SSL_SCRATCH:  # the space the method saw the teacher's embedding in (evaluation: the backbone)
-        results["teacher"]["embedding"] = embedding_record(in_embedding_space(cfg, teacher))
-    results["student"].update(arch=student.arch, params=count_parameters(student.backbone), images_per_s=speed["student"])
-    results["random_student"].update(arch=student.arch, params=count_parameters(random_student.backbone))
-    results["raw_pixels"].update(arch="pixels")
-    extra = []
-    for k, (t, path) in enumerate(zip(inputs.extra_teachers, inputs.extra_paths), start=1):
-        results[f"teacher_{k}"].update(arch=t.arch, params=count_parameters(t.backbone), source=path)
-        if cfg.loss.method != SSL_SCRATCH:
-            results[f"teacher_{k}"]["embedding"] = embedding_record(in_embedding_space(cfg, t))
-        extra.append(results[f"teacher_{k}"])
-    report = {"teacher": results["teacher"], "student": results["student"],
-              "baselines": {"random_student": results["random_student"], "raw_pixels": results["raw_pixels"]},
-              "protocol": protocol(cfg)}
-    if extra:
-        report["extra_teachers"] = extra
-    return report
+    return RunScores(
+        teacher=evaluate_teacher(teacher, "teacher", inputs.teacher_path, images_per_s=speed["teacher"]),
+        student=replace(evaluate(student, "student"), arch=student.arch, params=count_parameters(student.backbone),
+                        images_per_s=speed["student"]),
+        baselines={"random_student": replace(evaluate(random_student, "random_student"), arch=student.arch,
+                                             params=count_parameters(random_student.backbone)),
+                   "raw_pixels": replace(evaluate(RawPixels(), "raw_pixels"), arch="pixels")},
+        protocol=Protocol.from_config(cfg.eval),
+        extra_teachers=[evaluate_teacher(t, f"teacher_{k}", path)
+                        for k, (t, path) in enumerate(zip(inputs.extra_teachers, inputs.extra_paths), start=1)],
+    )
 
 
-def protocol(cfg: Config) -> dict:
-    return {
-        "knn_k": cfg.eval.knn_k, "knn_temperature": cfg.eval.knn_temperature,
-        "knn": f"weighted k-NN (k={cfg.eval.knn_k}, T={cfg.eval.knn_temperature}) on L2-normalized backbone features, train split as the bank",
-        "linear": "linear probe: logistic regression (L-BFGS) on cached features, weight decay chosen on 20% of train",
-        "retrieval": "retrieval: test queries against the train split by cosine similarity, same class = relevant; "
-                     "recall@K = a relevant item among the K nearest (metric-learning convention), MAP@R (Musgrave et al. 2020)",
-    }
-
-
-def data_summary(cfg: Config, inputs: JobInputs, training: FitResult | None = None) -> dict:
-    """The training data (name, image size); "train" / "test" are the sizes of the evaluation's bank and
-    query splits, the training data's own unless a separate set (--eval-data) is named under "evaluation".
-    "unreadable_images": the training images skipped as unreadable (from `training`'s last epoch), when any."""
-    summary = {"name": cfg.data.name, "train": len(inputs.train_eval), "test": len(inputs.test_eval), "image_size": cfg.data.image_size}
+def data_summary(cfg: Config, inputs: JobInputs, training: FitResult | None = None) -> DataSummary:
+    """The training data (name, image size), the sizes of the evaluation's bank and query splits, the separate
+    evaluation set (--eval-data) when one is named, and the training images `training`'s last epoch skipped
+    as unreadable."""
     skipped = training.history[-1].get("unreadable_images", 0) if training is not None and training.history else 0
-    if skipped:
-        summary["unreadable_images"] = skipped
+    evaluation = None
     if cfg.eval_data is not None:
-        evaluation = evaluation_data(cfg.data, cfg.eval_data)
-        summary["evaluation"] = {"name": evaluation.name, "root": evaluation.root, "image_size": evaluation.image_size}
-    return summary
+        data = evaluation_data(cfg.data, cfg.eval_data)
+        evaluation = {"name": data.name, "root": data.root, "image_size": data.image_size}
+    return DataSummary(name=cfg.data.name, train=len(inputs.train_eval), test=len(inputs.test_eval), image_size=cfg.data.image_size,
+                       unreadable_images=skipped, evaluation=evaluation)
 
 
 def machine_description(device: torch.device) -> str:

@@ -93,8 +93,8 @@ def main(out: Path) -> None:
 
     loaders = [make_loader(split, BATCH, train=False, num_workers=0) for split in (splits.train, splits.test)]
     result = evaluate_model(model, *loaders, cfg.eval, device, "teacher")
-    report("evaluate_model", {"sha256": json_digest(result), "knn_top1": result["knn_top1"], "map_at_r": result["map_at_r"],
-                              "linear_top1": result["linear_top1"]})
+    report("evaluate_model", {"sha256": json_digest(result.to_dict()), "knn_top1": result.knn_top1, "map_at_r": result.map_at_r,
+                              "linear_top1": result.linear_top1})
 
     knn = eval_script("eval/knn.py").main([str(default_teacher("digits")), "--data", "digits", "--subset", str(SUBSET), "--ks", "20,1",
                                            "--cache-dir", str(mine / "entry-cache"), "--out", str(mine / "knn.json"),

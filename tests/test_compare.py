@@ -14,29 +14,37 @@ import torch
 
 from ssl_kd.commands import compare as COMPARE
 from ssl_kd.config import Config
-from ssl_kd.evaluation.compare import aggregate, markdown, summarize
+from ssl_kd.evaluation.compare import Comparison, SeedRun
+from ssl_kd.evaluation.results import DataSummary, ModelScores, Protocol, Summary
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_summarize_is_mean_and_sample_std() -> None:
-    s = summarize([90.0, 92.0, 97.0])
-    assert s["mean"] == pytest.approx(93.0) and s["std"] == pytest.approx(statistics.stdev([90, 92, 97])) and s["n"] == 3
-    assert summarize([50.0])["std"] == 0.0
+def test_summary_is_mean_and_sample_std() -> None:
+    s = Summary.of([90.0, 92.0, 97.0])
+    assert s.mean == pytest.approx(93.0) and s.std == pytest.approx(statistics.stdev([90, 92, 97])) and s.n == 3
+    assert Summary.of([50.0]).std == 0.0
 
 
-def test_aggregate_and_markdown_rows() -> None:
-    table = aggregate({"teacher": [{"knn_top1": 98.0, "knn_top5": 100.0, "teacher_embedding": "backbone"}],
-                       "dlkd": [{"knn_top1": 96.0, "knn_top5": 99.0, "train_seconds": 10.0, "wall_seconds": 14.0,
-                                 "teacher_embedding": "backbone"},
-                                {"knn_top1": 98.0, "knn_top5": 100.0, "train_seconds": 12.0, "wall_seconds": 17.0,
-                                 "teacher_embedding": "backbone"}]})
-    assert table["dlkd"]["knn_top1"]["mean"] == 97.0 and table["dlkd"]["train_seconds"]["mean"] == 11.0
-    assert table["dlkd"]["wall_seconds"]["mean"] == 15.5 and table["dlkd"]["teacher_embedding"] == "backbone"
-    text = markdown(table, 20, 0.07)
-    assert "| dlkd | backbone | 97.0 ± 1.4 | 99.5 ± 0.7 | - | - | - | 11 | 16 | 2 |" in text
-    assert "| teacher | backbone | 98.0 | 100.0 | - | - | - | - | - | 1 |" in text
+def _seed_run(top1: float, top5: float, **times) -> SeedRun:
+    return SeedRun(ModelScores(knn_top1=top1, knn_top5=top5, recall_at_1=50.0, map_at_r=20.0), teacher_embedding="backbone", **times)
+
+
+def test_rows_and_their_markdown() -> None:
+    comparison = Comparison.of({"teacher": [_seed_run(98.0, 100.0)],
+                                "dlkd": [_seed_run(96.0, 99.0, train_seconds=10.0, wall_seconds=14.0),
+                                         _seed_run(98.0, 100.0, train_seconds=12.0, wall_seconds=17.0)]},
+                               methods=["dlkd"], seeds=2, epochs=1, student="resnet10t", teacher={"arch": "resnet14t", "source": "t.pth"},
+                               data=DataSummary("digits", 1257, 540, 32), machine="2 CPU threads", protocol=Protocol(20, 0.07))
+    dlkd = comparison.row("dlkd")
+    assert dlkd.metrics["knn_top1"].mean == 97.0 and dlkd.seconds["train_seconds"].mean == 11.0
+    assert dlkd.seconds["wall_seconds"].mean == 15.5 and dlkd.teacher_embedding == "backbone" and dlkd.seeds == 2
+    text = comparison.table()
+    assert "| dlkd | backbone | 97.0 ± 1.4 | 99.5 ± 0.7 | - | 50.0 ± 0.0 | 20.0 ± 0.0 | 11 | 16 | 2 |" in text
+    assert "| teacher | backbone | 98.0 | 100.0 | - | 50.0 | 20.0 | - | - | 1 |" in text
     assert "| row | teacher space | k-NN top-1 (k=20, T=0.07) |" in text and "| MAP@R | train s | wall s | seeds |" in text
+    again = Comparison.from_dict(json.loads(json.dumps(comparison.to_dict())))
+    assert again == comparison  # compare.json holds all of it
 
 
 def run_compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -159,7 +159,7 @@ def test_seed_run_distils_the_head_and_reports_it(moco: Path, tmp_path: Path, ca
                               "eval.linear_probe=false", *TINY])
     out = capsys.readouterr().out
     assert "teacher embedding: head (MoCo v2 fc MLP, 128-d) (teacher.embedding=auto)" in out
-    embedding = report["teacher"]["embedding"]
+    embedding = report.teacher.embedding
     assert embedding == {"space": "head", "dim": 128, "line": "head (MoCo v2 fc MLP, 128-d)", "head": "MoCo v2 fc MLP",
                          "source": "encoder_q.fc.*", "layers": "Linear 512->512, ReLU, Linear 512->128"}
     saved = json.loads((tmp_path / "run" / "report.json").read_text())

@@ -85,7 +85,7 @@ def test_run_writes_its_figures_and_links_them(run: Path) -> None:
 def test_combined_report_of_two_runs(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     combined = script("eval/report.py").main([str(run), str(run), "--labels", "a,b", "--out", str(out), "--cache-dir", "none"])
-    labels = [row["label"] for row in combined["rows"]]
+    labels = [label for label, _ in combined.rows()]
     assert labels == ["teacher (resnet14t)", "student: a (dlkd)", "student: b (dlkd)", "random-init student", "raw pixels"]
     saved = json.loads((out / "report.json").read_text())
     assert saved["rows"][1]["knn_top1"] == json.loads((run / "report.json").read_text())["student"]["knn_top1"]

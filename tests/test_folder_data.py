@@ -246,9 +246,9 @@ def test_distils_on_an_unlabeled_flat_folder_and_evaluates_on_a_labeled_one(tmp_
     _labeled_folder(tmp_path / "labeled")
     report = _pipeline_main()(_job_args(tmp_path, tmp_path / "flat", "--eval-data", "imagefolder", "--eval-data-root", str(tmp_path / "labeled"),
                             "data.max_bad_fraction=0.1"))
-    assert report["data"]["name"] == "folder" and report["data"]["evaluation"]["name"] == "imagefolder"
-    assert (report["data"]["train"], report["data"]["test"]) == (16, 4)  # the labeled folder's bank and queries
-    assert report["data"]["unreadable_images"] == 1 and report["training"]["final"]["unreadable_images"] == 1
-    assert report["teacher"]["knn"]["num_classes"] == 2
+    assert report.data.name == "folder" and report.data.evaluation["name"] == "imagefolder"
+    assert (report.data.train, report.data.test) == (16, 4)  # the labeled folder's bank and queries
+    assert report.data.unreadable_images == 1 and report.training.final["unreadable_images"] == 1
+    assert report.teacher.knn["num_classes"] == 2
     markdown = (tmp_path / "run" / "report.md").read_text()
     assert "trained on folder, 1 unreadable training image skipped, evaluated on imagefolder" in markdown

@@ -49,8 +49,8 @@ def test_a_custom_module_distils_end_to_end(tmp_path) -> None:
     scores = ssl_kd.evaluate(run.student, config, name="student")
     teacher_scores = ssl_kd.evaluate(teacher, config, name="teacher")
     for result in (scores, teacher_scores):
-        assert {"knn_top1", "knn_top5", "recall_at_1", "map_at_r"} <= set(result)
-        assert all(0.0 <= result[k] <= 100.0 for k in ("knn_top1", "recall_at_1", "map_at_r"))
+        assert isinstance(result, ssl_kd.ModelScores) and {"knn_top1", "knn_top5", "recall_at_1", "map_at_r"} <= set(result.headline())
+        assert all(0.0 <= value <= 100.0 for value in result.headline().values())
 
 
 def test_a_config_in_code_needs_no_set_up(tmp_path) -> None:

@@ -24,34 +24,14 @@ import json
 import time
 from pathlib import Path
 
-from ssl_kd.cli import (
-    add_config_arguments,
-    config_from_args,
-    distributed_session,
-    say,
-    setup_logging,
-    split_teachers,
-    write_config,
-)
+from ssl_kd.cli import (add_config_arguments, config_from_args, distributed_session, say, setup_logging, split_teachers, write_config)
 from ssl_kd.config import Config
-from ssl_kd.distillation import (
-    SSL_SCRATCH,
-    build_student,
-    distill,
-    embedding_space,
-    method_names,
-)
+from ssl_kd.distillation import SSL_SCRATCH, build_student, distill, embedding_space, method_names
 from ssl_kd.errors import UserError, cli_main
-from ssl_kd.evaluation.compare import aggregate, markdown, write
+from ssl_kd.evaluation.compare import Comparison, SeedRun
+from ssl_kd.evaluation.results import Protocol
 from ssl_kd.evaluation.suite import RawPixels, evaluate_model
-from ssl_kd.job import (
-    data_summary,
-    eval_loaders,
-    knn_monitor,
-    load_inputs,
-    machine_description,
-    protocol,
-)
+from ssl_kd.job import data_summary, eval_loaders, knn_monitor, load_inputs, machine_description
 from ssl_kd.parallel import barrier, is_main_process
 from ssl_kd.validation import validate_config, validate_output_dir
 
@@ -101,7 +81,7 @@ def chosen_methods(text: str) -> list[str]:
     return names
 
 
-def main(argv=None, prog: str | None = None) -> dict:
+def main(argv=None, prog: str | None = None) -> Comparison:
     setup_logging()
     args = parse_args(argv, prog)
     if args.out is None and not any(o.startswith("out=") for o in args.overrides):
@@ -116,7 +96,7 @@ def main(argv=None, prog: str | None = None) -> dict:
         return compare(cfg, methods, seeds)
 
 
-def compare(cfg: Config, methods: list[str], seeds: list[int]) -> dict:
+def compare(cfg: Config, methods: list[str], seeds: list[int]) -> Comparison:
     out = Path(cfg.out)
     inputs = load_inputs(cfg)  # before the first write: bad data or teacher leaves no output folder behind
     write_config(cfg, out)
@@ -125,20 +105,20 @@ def compare(cfg: Config, methods: list[str], seeds: list[int]) -> dict:
     def evaluate(model, name):
         return evaluate_model(model, train_loader, test_loader, cfg.eval, inputs.device, name)
 
-    rows: dict[str, list[dict]] = {"teacher": [{**evaluate(inputs.teacher, "teacher"), "teacher_embedding": "backbone"}]}
+    runs: dict[str, list[SeedRun]] = {"teacher": [SeedRun(evaluate(inputs.teacher, "teacher"), teacher_embedding="backbone")]}
     for method in methods:
-        rows[method] = [run_one(cfg, inputs, method, seed, out, evaluate) for seed in seeds]
-    rows["random-init student"] = [evaluate(build_student(seeded(cfg, "dlkd", seed, out), inputs.teacher), "random student") for seed in seeds]
-    rows["raw pixels"] = [evaluate(RawPixels(), "raw pixels")]
-    table = aggregate(rows)
-    meta = {"methods": methods, "seeds": len(seeds), "epochs": cfg.train.epochs, "student": cfg.student.arch,
-            "teacher": {"arch": inputs.teacher.arch, "source": inputs.teacher_path}, "data": data_summary(cfg, inputs),
-            "machine": machine_description(inputs.device), "protocol": protocol(cfg)}
+        runs[method] = [run_one(cfg, inputs, method, seed, out, evaluate) for seed in seeds]
+    runs["random-init student"] = [SeedRun(evaluate(build_student(seeded(cfg, "dlkd", seed, out), inputs.teacher), "random student"))
+                                   for seed in seeds]
+    runs["raw pixels"] = [SeedRun(evaluate(RawPixels(), "raw pixels"))]
+    comparison = Comparison.of(runs, methods=methods, seeds=len(seeds), epochs=cfg.train.epochs, student=cfg.student.arch,
+                               teacher={"arch": inputs.teacher.arch, "source": inputs.teacher_path}, data=data_summary(cfg, inputs),
+                               machine=machine_description(inputs.device), protocol=Protocol.from_config(cfg.eval))
     if is_main_process():
-        paths = write(out, table, meta)
-        print("\n" + markdown(table, cfg.eval.knn_k, cfg.eval.knn_temperature) + "\n")
+        paths = comparison.save(out)
+        print("\n" + comparison.table() + "\n")
         print("wrote " + ", ".join(str(p) for p in paths))
-    return {**meta, "table": table}
+    return comparison
 
 
 def seeded(cfg: Config, method: str, seed: int, out: Path) -> Config:
@@ -161,22 +141,21 @@ def seeded(cfg: Config, method: str, seed: int, out: Path) -> Config:
     return run
 
 
-def run_one(cfg: Config, inputs, method: str, seed: int, out: Path, evaluate) -> dict:
+def run_one(cfg: Config, inputs, method: str, seed: int, out: Path, evaluate) -> SeedRun:
     run_cfg = seeded(cfg, method, seed, out)
     result_path = Path(run_cfg.out) / "result.json"
     if result_path.exists():
         say(f"{method} seed {seed}: done before ({result_path})")
-        return json.loads(result_path.read_text())
+        return SeedRun.from_dict(json.loads(result_path.read_text()))
     say(f"{method} seed {seed}: distilling {cfg.train.epochs} epochs")
     started = time.time()
     run = distill(run_cfg, inputs.teacher, Path(run_cfg.out), inputs.extra_teachers, monitor=knn_monitor(run_cfg, inputs))
-    result = {k: v for k, v in evaluate(run.student, method).items() if k in ("knn_top1", "knn_top5", "linear_top1", "recall_at_1", "map_at_r")}
-    result.update(train_seconds=run.train_seconds, wall_seconds=round(time.time() - started, 1),
-                  teacher_embedding="-" if run_cfg.loss.method == SSL_SCRATCH else embedding_space(run_cfg, inputs.teacher))
+    result = SeedRun(evaluate(run.student, method), train_seconds=run.train_seconds, wall_seconds=round(time.time() - started, 1),
+                     teacher_embedding="-" if run_cfg.loss.method == SSL_SCRATCH else embedding_space(run_cfg, inputs.teacher))
     if is_main_process():
-        result_path.write_text(json.dumps(result, indent=2))
+        result_path.write_text(json.dumps(result.to_dict(), indent=2))
     barrier()  # every process sees the same result files when it next checks for them
-    say(f"{method} seed {seed}: k-NN top-1 {result['knn_top1']:.1f}")
+    say(f"{method} seed {seed}: k-NN top-1 {result.scores.knn_top1:.1f}")
     return result
 
 

@@ -22,32 +22,13 @@ import argparse
 import time
 from pathlib import Path
 
-from ssl_kd.cli import (
-    add_config_arguments,
-    config_from_args,
-    distributed_session,
-    say,
-    setup_logging,
-    split_teachers,
-    write_config,
-)
+from ssl_kd.cli import (add_config_arguments, config_from_args, distributed_session, say, setup_logging, split_teachers, write_config)
 from ssl_kd.config import Config, to_dict
 from ssl_kd.distillation import distill, method_names
 from ssl_kd.errors import cli_main
-from ssl_kd.evaluation.report import (
-    markdown_table,
-    summary_lines,
-    write_figures,
-    write_report,
-)
-from ssl_kd.job import (
-    data_summary,
-    evaluate_all,
-    knn_monitor,
-    load_inputs,
-    machine_description,
-    test_features,
-)
+from ssl_kd.evaluation.report import RunReport, write_figures
+from ssl_kd.evaluation.results import TrainingSummary
+from ssl_kd.job import data_summary, evaluate_all, knn_monitor, load_inputs, machine_description, test_features
 from ssl_kd.parallel import is_main_process
 from ssl_kd.validation import validate_config, validate_output_dir
 
@@ -89,7 +70,7 @@ def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     return split_teachers(parser.parse_intermixed_args(argv))
 
 
-def main(argv=None, prog: str | None = None) -> dict:
+def main(argv=None, prog: str | None = None) -> RunReport:
     setup_logging()
     started = time.time()
     cfg = config_from_args(parse_args(argv, prog), FLAGS, Config)
@@ -99,7 +80,7 @@ def main(argv=None, prog: str | None = None) -> dict:
         return run_job(cfg, started)
 
 
-def run_job(cfg: Config, started: float) -> dict:
+def run_job(cfg: Config, started: float) -> RunReport:
     """Every process trains and takes part in the feature extraction; rank 0 alone prints and writes."""
     out = Path(cfg.out)
     inputs = load_inputs(cfg)  # before the first write: bad data or teacher leaves no run folder behind
@@ -115,27 +96,24 @@ def run_job(cfg: Config, started: float) -> dict:
     write_config(cfg, out)  # again, now with train.world_size and train.batch_per_process
 
     say("evaluating teacher, student and baselines")
-    report = evaluate_all(cfg, inputs, run.student)
+    scores = evaluate_all(cfg, inputs, run.student)
     student_features = test_features(cfg, inputs, run.student)
+    training = TrainingSummary(epochs=cfg.train.epochs, steps=run.fit.steps, seconds=run.train_seconds,
+                               final=run.fit.history[-1] if run.fit.history else {}, world_size=cfg.train.world_size,
+                               batch_size=cfg.train.batch_size, batch_per_process=cfg.train.batch_per_process,
+                               teacher_cache=run.teacher_caches)
+    report = RunReport.of(scores, method=cfg.loss.method, config=to_dict(cfg), machine=machine_description(inputs.device),
+                          data=data_summary(cfg, inputs, run.fit), training=training, reproducibility=run.record,
+                          total_seconds=round(time.time() - started, 1))
     if not is_main_process():
         return report
-    report.update(
-        method=cfg.loss.method, config=to_dict(cfg), machine=machine_description(inputs.device),
-        data=data_summary(cfg, inputs, run.fit),
-        training={"epochs": cfg.train.epochs, "steps": run.fit.steps, "seconds": run.train_seconds,
-                  "final": run.fit.history[-1] if run.fit.history else {},
-                  "world_size": cfg.train.world_size, "batch_size": cfg.train.batch_size,
-                  "batch_per_process": cfg.train.batch_per_process, "teacher_cache": run.teacher_caches},
-        reproducibility=run.record,
-        total_seconds=round(time.time() - started, 1),
-    )
-    figures = write_figures(out, {"student": out / "metrics.jsonl"}, teacher_top1=report["teacher"]["knn_top1"],
+    figures = write_figures(out, {"student": out / "metrics.jsonl"}, teacher_top1=report.teacher.knn_top1,
                             features={"student": student_features})
-    json_path, md_path = write_report(out, report, figures)
-    print("\n" + markdown_table(report) + "\n")
-    for line in summary_lines(report):
+    json_path, md_path = report.save(out, figures)
+    print("\n" + report.table() + "\n")
+    for line in report.summary_lines():
         print(f"- {line}")
-    print(f"\nwrote {md_path}, {json_path} and {run.export_path} in {report['total_seconds']:.0f} s")
+    print(f"\nwrote {md_path}, {json_path} and {run.export_path} in {report.total_seconds:.0f} s")
     return report
 
 

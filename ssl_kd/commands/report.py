@@ -16,7 +16,6 @@ features_<run>.png (PCA or t-SNE of each student's test features, coloured by cl
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ssl_kd.config import load_config
@@ -25,21 +24,20 @@ from ssl_kd.evaluation.entry import DEFAULT_CACHE, cache_dir
 from ssl_kd.evaluation.inputs import eval_split
 from ssl_kd.evaluation.models import load_eval_model
 from ssl_kd.evaluation.on_main import on_main_process
-from ssl_kd.evaluation.report import (
-    markdown_rows,
-    multi_report,
-    write_figures,
-    write_multi_report,
-)
+from ssl_kd.evaluation.report import MultiRunReport, RunReport, write_figures
 from ssl_kd.feature_cache import cached_features
 from ssl_kd.parallel import init_distributed
 
 
-def read_run(run: Path) -> dict:
+def read_run(run: Path) -> RunReport:
     path = run / "report.json"
     if not path.is_file():
-        raise UserError(f"{run} has no report.json; pass the --out directory of a finished pipelines/distill_ssl.py run")
-    return json.loads(path.read_text())
+        raise UserError(f"{run} has no report.json; pass the --out directory of a finished `ssl-kd distill` run")
+    try:
+        return RunReport.read(path)
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path} is not the report.json of an ssl-kd distill run ({type(err).__name__}: {err}); "
+                        "run `ssl-kd distill` again into that folder to rewrite it") from None
 
 
 def student_test_features(run: Path, cache: str | None, device) -> tuple:
@@ -51,7 +49,7 @@ def student_test_features(run: Path, cache: str | None, device) -> tuple:
     return feats, labels, list(dataset.classes)
 
 
-def main(argv=None, prog: str | None = None) -> dict:
+def main(argv=None, prog: str | None = None) -> MultiRunReport:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run directories of pipelines/distill_ssl.py")
     parser.add_argument("--labels", help="comma-separated row labels, one per run (default: the directory names)")
@@ -71,14 +69,14 @@ def main(argv=None, prog: str | None = None) -> dict:
     return on_main_process(lambda: write_combined_report(Path(args.out), reports, runs, features, args.scatter))
 
 
-def write_combined_report(out: Path, reports: dict, runs: list[Path], features: dict, scatter: str) -> dict:
+def write_combined_report(out: Path, reports: dict[str, RunReport], runs: list[Path], features: dict, scatter: str) -> MultiRunReport:
     """The combined report, its figures and its table: report.json, report.md and the PNGs in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    combined = multi_report(reports)
-    teacher_top1 = next(iter(reports.values()))["teacher"]["knn_top1"]
+    combined = MultiRunReport(reports)
+    teacher_top1 = next(iter(reports.values())).teacher.knn_top1
     figures = write_figures(out, {label: run / "metrics.jsonl" for label, run in zip(reports, runs)}, teacher_top1, features, scatter)
-    json_path, md_path = write_multi_report(out, combined, figures)
-    print(markdown_rows([(r["label"], r) for r in combined["rows"]], combined["protocol"]))
+    json_path, md_path = combined.save(out, figures)
+    print(combined.table())
     print(f"\nwrote {md_path}, {json_path} and {len(figures)} figures in {out}")
     return combined
 

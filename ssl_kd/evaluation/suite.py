@@ -1,6 +1,6 @@
 """Evaluate frozen models the same way: features once, then weighted k-NN, retrieval and a linear probe.
 
-`evaluate_model` gets L2-normalized features of the train split (the k-NN bank and the probe's
+`evaluate_model` (a `ModelScores`) gets L2-normalized features of the train split (the k-NN bank and the probe's
 training set) and of the test split (the queries) through `split_features` (the one feature path,
 cached and torchrun-aware), then `evaluate_features` runs `knn_classify` (weighted vote, k and T
 from `EvalConfig`), `retrieval_metrics` and, if enabled, `linear_probe`, once (on rank 0).
@@ -22,6 +22,7 @@ from .inputs import EvalSplits, split_features
 from .knn import knn_classify
 from .linear_probe import linear_probe
 from .on_main import on_main_process
+from .results import ModelScores
 from .retrieval import retrieval_metrics
 
 
@@ -38,7 +39,7 @@ class RawPixels(nn.Module):
         return x.flatten(1)
 
 
-def evaluate_model(model: nn.Module, train_loader, test_loader, cfg: EvalConfig, device: torch.device, name: str) -> dict:
+def evaluate_model(model: nn.Module, train_loader, test_loader, cfg: EvalConfig, device: torch.device, name: str) -> ModelScores:
     """k-NN, retrieval and (if enabled) linear-probe accuracy of `model`'s features, in percent.
 
     The loaders say which datasets (train split = bank, test split = queries), in which batches and
@@ -55,7 +56,7 @@ def evaluate_model(model: nn.Module, train_loader, test_loader, cfg: EvalConfig,
 
 
 def evaluate_features(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, test_labels: Tensor, cfg: EvalConfig,
-                      classes: list[str] | None = None) -> dict:
+                      classes: list[str] | None = None) -> ModelScores:
     """k-NN, retrieval and (if enabled) linear-probe numbers of L2-normalized features, in percent.
 
     One feature pass per split serves all three. k-NN: weighted vote, k and T from `cfg`, with
@@ -67,13 +68,11 @@ def evaluate_features(train_feats: Tensor, train_labels: Tensor, test_feats: Ten
                        backend=cfg.search)
     classes = classes or [str(c) for c in range(knn.num_classes)]
     retrieval = retrieval_metrics(train_feats, train_labels, test_feats, test_labels, backend=cfg.search)
-    result = {"feature_dim": int(train_feats.shape[1]), "knn_top1": knn.top1, "knn_top5": knn.top5, "knn": knn.to_json(),
-              "knn_classwise": _classwise(knn, test_labels, classes),
-              "recall_at_1": retrieval.recall[1], "map_at_r": retrieval.map_at_r, "retrieval": retrieval.to_json()}
-    if cfg.linear_probe:
-        probe = linear_probe(train_feats, train_labels, test_feats, test_labels)
-        result.update({"linear_top1": probe["top1"], "linear_top5": probe["top5"], "linear": probe})
-    return result
+    probe = linear_probe(train_feats, train_labels, test_feats, test_labels) if cfg.linear_probe else None
+    return ModelScores(knn_top1=knn.top1, knn_top5=knn.top5, recall_at_1=retrieval.recall[1], map_at_r=retrieval.map_at_r,
+                       linear_top1=probe["top1"] if probe else None, linear_top5=probe["top5"] if probe else None,
+                       feature_dim=int(train_feats.shape[1]), knn=knn.to_json(), knn_classwise=_classwise(knn, test_labels, classes),
+                       retrieval=retrieval.to_json(), linear=probe)
 
 
 MAX_CONFUSION_CLASSES = 100  # larger confusion matrices stay out of report.json (eval/knn.py --out writes them)
