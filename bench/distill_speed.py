@@ -15,8 +15,8 @@ and is not timed. images/s counts images (not views) per second; each image give
       natural64  a randomly initialised timm resnet18 teacher (saved to a temp file, loaded by
                  `load_teacher(..., arch="resnet18")`) -> resnet10t, batch 128, two crops, dlkd,
                  data.name=imagefolder on the CIFAR-10 JPEG dev subset's train/ folder (`--data-root`:
-                 the zip in /work/shared/data, unpacked once into a temp folder outside the project, or
-                 a folder), data.subset=`--subset` (640: 5 steps an epoch), data.image_size=64, ImageNet-style augmentation.
+                 a zip, unpacked once into a temp folder outside the project, or a folder; natural64
+                 runs only when it is given), data.subset=`--subset` (640: 5 steps an epoch), data.image_size=64, ImageNet-style augmentation.
     Three contenders over the same number of steps (`--steps`; default one epoch; the loop runs
     ceil(steps / steps-per-epoch) whole epochs and the others as many steps):
       bare  the floor: teacher forward + student forward (backbone + projector) + an MSE to the teacher's
@@ -99,7 +99,6 @@ from distill_speed_setup import (BareStep, Setup, build_setup, config_overrides,
                                  fresh_objective, load_average, random_teacher_file, sync)
 
 GOAL = 0.95
-DEFAULT_DATA = "/work/shared/data/cifar10/cifar10-jpg-dev.zip"
 IMAGENET_PRESET = REPO / "configs" / "imagenet-resnet50-to-resnet18.yaml"
 IMAGENET_TRAIN_IMAGES = 1_281_167
 PROJECTION_EPOCHS, PROJECTION_DEVICES = 200, 8
@@ -355,8 +354,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help="steps a round (default: one epoch of each config)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", default="digits,natural64", help="comma-separated: digits, natural64")
-    parser.add_argument("--data-root", default=DEFAULT_DATA, help="CIFAR-10 JPEG zip, or a folder with train/<class>/*.jpg")
+    parser.add_argument("--configs", default=None, help="comma-separated: digits, natural64 (default digits, plus natural64 "
+                        "when --data-root is given)")
+    parser.add_argument("--data-root", default=None, help="natural64: a zip of JPEGs in train/<class>/ folders (the CIFAR-10 JPEG "
+                        "dev subset), or such a folder")
     parser.add_argument("--subset", type=int, default=640, help="natural64: images of the train folder used (data.subset)")
     parser.add_argument("--skip-multiprocess", action="store_true", help="skip part (b) (and (c)'s 1 vs N processes)")
     parser.add_argument("--skip-cuda", action="store_true", help="skip part (c)")
@@ -366,7 +367,9 @@ def main() -> None:
     parser.add_argument("--cache-configs", default="r50_32,vitb_224", help="(d): comma-separated: r50_32, vitb_224")
     parser.add_argument("--skip-cache", action="store_true", help="skip part (d)")
     args = parser.parse_args()
-    args.configs = [c for c in args.configs.split(",") if c]
+    args.configs = [c for c in (args.configs or ("digits,natural64" if args.data_root else "digits")).split(",") if c]
+    if "natural64" in args.configs and not args.data_root:
+        parser.exit(2, "error: --configs natural64 needs --data-root ZIP_OR_DIR (JPEGs in train/<class>/ folders)\n")
     args.cache_configs = [c for c in args.cache_configs.split(",") if c]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -389,6 +392,8 @@ def main() -> None:
                 run_part_c(args, benches, Path(teacher_dir))
             if args.skip_cache:
                 print("\n(d) the teacher-feature cache: skipped (--skip-cache)")
+            elif not args.data_root:
+                print("\n(d) the teacher-feature cache: skipped (it reads natural images: give --data-root ZIP_OR_DIR)")
             else:
                 run_part_d(args, Path(teacher_dir), device)
     finally:

@@ -18,14 +18,7 @@ import argparse
 
 from ssl_kd.errors import cli_main
 from ssl_kd.evaluation.classwise import classwise_report
-from ssl_kd.evaluation.entry import (
-    add_eval_arguments,
-    describe,
-    load_eval_inputs,
-    parse_ks,
-    split_features,
-    write_json,
-)
+from ssl_kd.evaluation.entry import add_eval_arguments, describe, load_eval_inputs, parse_ks, split_features, write_json
 from ssl_kd.evaluation.knn import knn_classify
 from ssl_kd.evaluation.on_main import on_main_process
 

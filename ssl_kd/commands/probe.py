@@ -22,17 +22,8 @@ import time
 
 from ssl_kd.data import build_dataset
 from ssl_kd.errors import UserError, cli_main
-from ssl_kd.evaluation.augmented_probe import (
-    augmented_linear_probe,
-    probe_train_transform,
-)
-from ssl_kd.evaluation.entry import (
-    add_eval_arguments,
-    describe,
-    load_eval_inputs,
-    split_features,
-    write_json,
-)
+from ssl_kd.evaluation.augmented_probe import augmented_linear_probe, probe_train_transform
+from ssl_kd.evaluation.entry import add_eval_arguments, describe, load_eval_inputs, split_features, write_json
 from ssl_kd.evaluation.linear_probe import linear_probe
 from ssl_kd.evaluation.on_main import on_main_process
 from ssl_kd.loaders import make_loader

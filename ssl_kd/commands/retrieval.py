@@ -15,14 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ssl_kd.errors import cli_main
-from ssl_kd.evaluation.entry import (
-    add_eval_arguments,
-    describe,
-    load_eval_inputs,
-    parse_ks,
-    split_features,
-    write_json,
-)
+from ssl_kd.evaluation.entry import add_eval_arguments, describe, load_eval_inputs, parse_ks, split_features, write_json
 from ssl_kd.evaluation.on_main import on_main_process
 from ssl_kd.evaluation.retrieval import retrieval_metrics
 
