@@ -55,7 +55,7 @@ def test_report_json_reads_back_as_it_was_written(tmp_path) -> None:
     report = run_report()
     report.teacher.embedding = {"space": "head", "dim": 128, "line": "head (MoCo v2 fc MLP, 128-d)"}
     json_path, md_path = report.save(tmp_path)
-    assert RunReport.read(json_path) == report
+    assert RunReport.read(json_path) == report and json_path.read_text() == report.to_json()
     saved = json.loads(json_path.read_text())
     assert saved["student"]["knn_top1"] == 90.0 and saved["baselines"]["raw_pixels"]["arch"] == "pixels"
     assert "linear_top1" not in saved["teacher"]  # a number not measured is left out, not written as null

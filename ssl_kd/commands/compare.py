@@ -153,7 +153,7 @@ def run_one(cfg: Config, inputs, method: str, seed: int, out: Path, evaluate) ->
     result = SeedRun(evaluate(run.student, method), train_seconds=run.train_seconds, wall_seconds=round(time.time() - started, 1),
                      teacher_embedding="-" if run_cfg.loss.method == SSL_SCRATCH else embedding_space(run_cfg, inputs.teacher))
     if is_main_process():
-        result_path.write_text(json.dumps(result.to_dict(), indent=2))
+        result_path.write_text(result.to_json())
     barrier()  # every process sees the same result files when it next checks for them
     say(f"{method} seed {seed}: k-NN top-1 {result.scores.knn_top1:.1f}")
     return result

@@ -7,13 +7,12 @@ seed), raw pixels. The standard deviation is the sample one (n - 1) over seeds; 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .plots import pyplot, save_figure
-from .results import SCORE_KEYS, DataSummary, ModelScores, Protocol, Summary
+from .results import SCORE_KEYS, DataSummary, ModelScores, Protocol, Record, Summary
 from .tables import knn_header, mean_std, number, render_table
 
 METRIC_LABELS = {"knn_top1": "k-NN top-1", "knn_top5": "k-NN top-5", "linear_top1": "linear top-1", "recall_at_1": "recall@1",
@@ -22,7 +21,7 @@ SECONDS = ("train_seconds", "wall_seconds")
 
 
 @dataclass
-class SeedRun:
+class SeedRun(Record):
     """One (row, seed) of the comparison: its headline scores, its training and wall seconds (training plus
     the run's evaluation; none for the references) and the space the method saw the teacher's embedding in
     ("backbone", "head", "-" for ssl_scratch). Its `to_dict()` is the run folder's result.json."""
@@ -83,7 +82,7 @@ class ComparisonRow:
 
 
 @dataclass(kw_only=True)
-class Comparison:
+class Comparison(Record):
     """Every row of a comparison, and what it compared: methods, seeds, epochs, student, teacher, data, machine, protocol."""
 
     rows: list[ComparisonRow]
@@ -128,7 +127,7 @@ class Comparison:
         """compare.json, compare.md and compare.png in `out_dir`."""
         out_dir = Path(out_dir)
         json_path, md_path, png_path = out_dir / "compare.json", out_dir / "compare.md", out_dir / "compare.png"
-        json_path.write_text(json.dumps(self.to_dict(), indent=2))
+        json_path.write_text(self.to_json())
         md_path.write_text(self.to_markdown())
         bar_chart(self.rows, png_path)
         return json_path, md_path, png_path

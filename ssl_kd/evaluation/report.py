@@ -24,7 +24,7 @@ from typing import Any
 
 from ..provenance import record_line
 from .plots import plot_feature_scatter, plot_knn_over_epochs, plot_loss_curves, read_metrics
-from .results import DataSummary, ModelScores, Protocol, TrainingSummary
+from .results import DataSummary, ModelScores, Protocol, Record, TrainingSummary
 from .tables import knn_header, number, render_table
 
 BASELINES = (("random-init student", "random_student"), ("raw pixels", "raw_pixels"))  # (row label, key in `baselines`)
@@ -45,17 +45,17 @@ def figure_lines(figures: dict[str, Path], out_dir: Path) -> list[str]:
     return [f"![{name}]({Path(path).relative_to(out_dir)})" for name, path in figures.items()]
 
 
-def save_report(out_dir: Path, record: dict, markdown: str) -> tuple[Path, Path]:
-    """report.json and report.md in `out_dir`."""
+def save_report(out_dir: Path, report: Record, markdown: str) -> tuple[Path, Path]:
+    """report.json (`report.to_json()`) and report.md in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    json_path.write_text(json.dumps(record, indent=2, default=str))
+    json_path.write_text(report.to_json())
     md_path.write_text(markdown)
     return json_path, md_path
 
 
 @dataclass(kw_only=True)
-class RunScores:
+class RunScores(Record):
     """Teacher vs student vs baselines of one run, under one protocol (what `ssl_kd.job.evaluate_all` measures)."""
 
     teacher: ModelScores
@@ -161,11 +161,11 @@ class RunReport(RunScores):
     def save(self, out_dir: str | Path, figures: dict[str, Path] | None = None) -> tuple[Path, Path]:
         """report.json and report.md in `out_dir` (the figures, already written there, are linked from the Markdown)."""
         out_dir = Path(out_dir)
-        return save_report(out_dir, self.to_dict(), self.to_markdown(figures, out_dir))
+        return save_report(out_dir, self, self.to_markdown(figures, out_dir))
 
 
 @dataclass
-class MultiRunReport:
+class MultiRunReport(Record):
     """Several finished runs ({label: RunReport}) side by side: each distinct teacher once, one student row
     per run, the first run's baselines, under the first run's protocol."""
 
@@ -208,7 +208,7 @@ class MultiRunReport:
 
     def save(self, out_dir: str | Path, figures: dict[str, Path] | None = None) -> tuple[Path, Path]:
         out_dir = Path(out_dir)
-        return save_report(out_dir, self.to_dict(), self.to_markdown(figures, out_dir))
+        return save_report(out_dir, self, self.to_markdown(figures, out_dir))
 
 
 def write_figures(out_dir: Path, metrics: dict[str, Path], teacher_top1: float | None = None,

@@ -13,6 +13,7 @@ are percent on the test split.
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -25,7 +26,10 @@ SCORE_KEYS = ("knn_top1", "knn_top5", "linear_top1", "recall_at_1", "map_at_r") 
 
 class Record:
     """A dataclass that is one JSON object: `to_dict()` leaves out the fields that are None, `from_dict()`
-    takes the entries that are fields (older or newer files may carry others)."""
+    takes the entries that are fields (older or newer files may carry others), `to_json()` is the text."""
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
