@@ -13,13 +13,20 @@ from .parallel import init_distributed, is_main_process, shutdown_distributed
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML preset (see configs/); flags and overrides win over it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the config this command would run with (every key, as YAML; a valid --config file) and exit")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. train.epochs=5")
 
 
 def config_from_args(args: argparse.Namespace, flag_keys: dict[str, str], schema: type):
-    """Merge defaults < --config < flags (mapped to keys by `flag_keys`) < key=value overrides."""
+    """Merge defaults < --config < flags (mapped to keys by `flag_keys`) < key=value overrides. With
+    `--print-config`, print the merged config (generated from the dataclasses, every key) and exit 0."""
     flag_overrides = [f"{key}={getattr(args, flag)}" for flag, key in flag_keys.items() if getattr(args, flag, None) is not None]
-    return load_config(args.config, flag_overrides + list(args.overrides), schema=schema)
+    cfg = load_config(args.config, flag_overrides + list(args.overrides), schema=schema)
+    if getattr(args, "print_config", False):
+        print(to_yaml(cfg), end="")
+        raise SystemExit(0)
+    return cfg
 
 
 def split_teachers(args: argparse.Namespace) -> argparse.Namespace:

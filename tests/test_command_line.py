@@ -13,6 +13,7 @@ import pytest
 
 from ssl_kd.__main__ import main, program_name
 from ssl_kd.commands import COMMANDS
+from ssl_kd.config import Config, PretrainConfig, load_config
 from ssl_kd.errors import UserError, cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,3 +86,17 @@ def test_value_and_type_errors_are_one_line_unless_a_traceback_is_asked_for(monk
     with pytest.raises(ValueError, match="chunk_size"):
         cli_main(bad_argument)
     assert issubclass(UserError, ValueError)  # library callers catch every bad input as a ValueError
+
+
+@pytest.mark.parametrize("name", ["distill", "compare", "pretrain"])
+def test_print_config_gives_every_key_as_a_config_file_and_runs_nothing(name: str, tmp_path: Path, capsys) -> None:
+    """`--print-config` prints the merged config, flags and overrides included, as a file `--config` takes back."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--print-config", "--out", str(tmp_path / "run"), "train.epochs=3"], prog="ssl-kd")
+    assert exit_info.value.code == 0 and not (tmp_path / "run").exists()
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(capsys.readouterr().out)
+    schema = PretrainConfig if name == "pretrain" else Config
+    again = load_config(str(printed), schema=schema)
+    assert again == load_config(None, [f"out={tmp_path / 'run'}", "train.epochs=3"], schema=schema)
+    assert again.train.epochs == 3 and again.data.image_size == 32  # every key, the data defaults resolved
