@@ -15,8 +15,8 @@ and is not timed. images/s counts images (not views) per second; each image give
       natural64  a randomly initialised timm resnet18 teacher (saved to a temp file, loaded by
                  `load_teacher(..., arch="resnet18")`) -> resnet10t, batch 128, two crops, dlkd,
                  data.name=imagefolder on the CIFAR-10 JPEG dev subset's train/ folder (`--data-root`:
-                 a zip, unpacked once into a temp folder outside the project, or a folder; natural64
-                 runs only when it is given), data.subset=`--subset` (640: 5 steps an epoch), data.image_size=64, ImageNet-style augmentation.
+                 a zip, unpacked once into a temp folder outside the project, or a folder; natural64 runs only
+                 with it), data.subset=`--subset` (640: 5 steps an epoch), data.image_size=64, ImageNet augmentation.
     Three contenders over the same number of steps (`--steps`; default one epoch; the loop runs
     ceil(steps / steps-per-epoch) whole epochs and the others as many steps):
       bare  the floor: teacher forward + student forward (backbone + projector) + an MSE to the teacher's
@@ -85,14 +85,13 @@ import torch  # noqa: E402
 
 from ssl_kd import loop as loop_module  # noqa: E402
 from ssl_kd.config import load_config, to_dict  # noqa: E402
-from ssl_kd.data import build_dataset  # noqa: E402
 from ssl_kd.loaders import make_loader  # noqa: E402
 from ssl_kd.loop import StepRunner, autocast_context, build_optimizer, cosine_schedule, fit, prepare_model  # noqa: E402
 from ssl_kd.teachers import load_teacher  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_speed_cache import run_part_d  # noqa: E402
-from distill_speed_processes import kill_all, run_contenders  # noqa: E402
+from distill_speed_processes import kill_all, run_contenders, run_part_b  # noqa: E402
 from distill_speed_timing import (Probe, TimedLoader, alternate, instrumented_loop, proc_cpu_seconds,  # noqa: E402
                                   ratio_line, spread)
 from distill_speed_setup import (BareStep, Setup, build_setup, config_overrides, describe,  # noqa: E402
@@ -234,32 +233,6 @@ def run_part_a(args, teacher_dir: Path, device: torch.device) -> dict[str, LoopB
     return benches
 
 
-# ---------------------------------------------------------------------------------- multi-process
-
-
-def run_part_b(args) -> dict[str, list[float]] | None:
-    print(f"\n(b) 2 gloo processes vs 1 on the CPU: the loop (fit) on the digits default, {args.rounds} alternating rounds")
-    probe_cfg = load_config(None, [])
-    steps_per_epoch = len(build_dataset(probe_cfg.data, "train", None)) // probe_cfg.train.batch_size  # drop-last
-    epochs = max(1, math.ceil((args.steps or steps_per_epoch) / steps_per_epoch))
-    overrides = ["train.resume=false", "train.device=cpu", f"train.epochs={epochs}"]
-    contenders = {"2proc_gloo_1thread_each": (2, 1), "1proc_2threads": (1, 2), "1proc_1thread": (1, 1)}
-    results = run_contenders(contenders, overrides, args.rounds, timeout=args.timeout)
-    ips = {name: [r["images"] / r["wall_s"] for r in rounds] for name, rounds in results.items()}
-    print(f"  {epochs} epoch(s) = {results['1proc_1thread'][0]['steps']} steps a round, global batch 128 "
-          f"(64 per process under 2 processes), data.num_workers=2 in every process, {os.cpu_count()} cores")
-    for name, values in ips.items():
-        epoch_ips = statistics.median([x for r in results[name] for x in r["epoch_images_per_s"]])
-        print(f"  {name:<24} images/s {spread(values)}   (metrics.jsonl epochs: {epoch_ips:.1f})")
-    base = ips["1proc_2threads"]
-    print(ratio_line("2 gloo procs / 1 proc 2 threads", ips["2proc_gloo_1thread_each"], base))
-    print(ratio_line("1 proc 1 thread / 1 proc 2 threads", ips["1proc_1thread"], base))
-    best = max(ips, key=lambda n: statistics.median(ips[n]))
-    print(f"  what {os.cpu_count()} cores allow for the loop on the digits default: {statistics.median(ips[best]):.1f} images/s, "
-          f"with {best} (parallel schemes compared on the same cores, not scaling)")
-    return ips
-
-
 # --------------------------------------------------------------------------------------------- CUDA
 
 def step_images_per_s(setup: Setup, steps: int, rounds: int, variants: dict[str, dict]) -> dict[str, list[float]]:
@@ -354,10 +327,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help="steps a round (default: one epoch of each config)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", default=None, help="comma-separated: digits, natural64 (default digits, plus natural64 "
-                        "when --data-root is given)")
-    parser.add_argument("--data-root", default=None, help="natural64: a zip of JPEGs in train/<class>/ folders (the CIFAR-10 JPEG "
-                        "dev subset), or such a folder")
+    parser.add_argument("--configs", help="comma-separated: digits, natural64 (default: digits, and natural64 with --data-root)")
+    parser.add_argument("--data-root", help="natural64, (d): JPEGs in train/<class>/ folders, as a zip or a folder")
     parser.add_argument("--subset", type=int, default=640, help="natural64: images of the train folder used (data.subset)")
     parser.add_argument("--skip-multiprocess", action="store_true", help="skip part (b) (and (c)'s 1 vs N processes)")
     parser.add_argument("--skip-cuda", action="store_true", help="skip part (c)")
@@ -367,7 +338,8 @@ def main() -> None:
     parser.add_argument("--cache-configs", default="r50_32,vitb_224", help="(d): comma-separated: r50_32, vitb_224")
     parser.add_argument("--skip-cache", action="store_true", help="skip part (d)")
     args = parser.parse_args()
-    args.configs = [c for c in (args.configs or ("digits,natural64" if args.data_root else "digits")).split(",") if c]
+    default = "digits,natural64" if args.data_root else "digits"
+    args.configs = [c for c in (default if args.configs is None else args.configs).split(",") if c]
     if "natural64" in args.configs and not args.data_root:
         parser.exit(2, "error: --configs natural64 needs --data-root ZIP_OR_DIR (JPEGs in train/<class>/ folders)\n")
     args.cache_configs = [c for c in args.cache_configs.split(",") if c]
@@ -390,10 +362,9 @@ def main() -> None:
                 print("\n(c) CUDA: skipped (--skip-cuda)")
             else:
                 run_part_c(args, benches, Path(teacher_dir))
-            if args.skip_cache:
-                print("\n(d) the teacher-feature cache: skipped (--skip-cache)")
-            elif not args.data_root:
-                print("\n(d) the teacher-feature cache: skipped (it reads natural images: give --data-root ZIP_OR_DIR)")
+            if args.skip_cache or not args.data_root:
+                why = "--skip-cache" if args.skip_cache else "it reads natural images: give --data-root ZIP_OR_DIR"
+                print(f"\n(d) the teacher-feature cache: skipped ({why})")
             else:
                 run_part_d(args, Path(teacher_dir), device)
     finally:

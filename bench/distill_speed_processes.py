@@ -1,19 +1,26 @@
-"""bench/distill_speed.py's contenders in processes of their own (part (b), and (c)'s 1 vs N processes):
-started once each (bench/distill_speed_worker.py, torchrun on 127.0.0.1 for several processes), cued
+"""bench/distill_speed.py's contenders in processes of their own (part (b), `run_part_b`, and (c)'s 1 vs N
+processes): started once each (bench/distill_speed_worker.py, torchrun on 127.0.0.1 for several processes), cued
 in turn round by round through files in a control folder, and every process killed on the way out."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from distill_speed_timing import ratio_line, spread
+
+from ssl_kd.config import load_config
+from ssl_kd.data import build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "distill_speed_worker.py"
@@ -85,3 +92,26 @@ def run_contenders(contenders: dict[str, tuple[int, int]], overrides: list[str],
             return results
         finally:
             kill_all()
+
+
+def run_part_b(args) -> dict[str, list[float]] | None:
+    print(f"\n(b) 2 gloo processes vs 1 on the CPU: the loop (fit) on the digits default, {args.rounds} alternating rounds")
+    probe_cfg = load_config(None, [])
+    steps_per_epoch = len(build_dataset(probe_cfg.data, "train", None)) // probe_cfg.train.batch_size  # drop-last
+    epochs = max(1, math.ceil((args.steps or steps_per_epoch) / steps_per_epoch))
+    overrides = ["train.resume=false", "train.device=cpu", f"train.epochs={epochs}"]
+    contenders = {"2proc_gloo_1thread_each": (2, 1), "1proc_2threads": (1, 2), "1proc_1thread": (1, 1)}
+    results = run_contenders(contenders, overrides, args.rounds, timeout=args.timeout)
+    ips = {name: [r["images"] / r["wall_s"] for r in rounds] for name, rounds in results.items()}
+    print(f"  {epochs} epoch(s) = {results['1proc_1thread'][0]['steps']} steps a round, global batch 128 "
+          f"(64 per process under 2 processes), data.num_workers=2 in every process, {os.cpu_count()} cores")
+    for name, values in ips.items():
+        epoch_ips = statistics.median([x for r in results[name] for x in r["epoch_images_per_s"]])
+        print(f"  {name:<24} images/s {spread(values)}   (metrics.jsonl epochs: {epoch_ips:.1f})")
+    base = ips["1proc_2threads"]
+    print(ratio_line("2 gloo procs / 1 proc 2 threads", ips["2proc_gloo_1thread_each"], base))
+    print(ratio_line("1 proc 1 thread / 1 proc 2 threads", ips["1proc_1thread"], base))
+    best = max(ips, key=lambda n: statistics.median(ips[n]))
+    print(f"  what {os.cpu_count()} cores allow for the loop on the digits default: {statistics.median(ips[best]):.1f} images/s, "
+          f"with {best} (parallel schemes compared on the same cores, not scaling)")
+    return ips
