@@ -24,7 +24,8 @@ import json
 import time
 from pathlib import Path
 
-from ssl_kd.cli import (add_config_arguments, config_from_args, distributed_session, say, setup_logging, split_teachers, write_config)
+from ssl_kd.cli import (add_config_arguments, config_from_args, distributed_session, say, setup_logging, split_teachers,
+                        write_config)
 from ssl_kd.config import Config
 from ssl_kd.distillation import SSL_SCRATCH, build_student, distill, embedding_space, method_names
 from ssl_kd.errors import UserError, cli_main

@@ -22,7 +22,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ssl_kd.cli import (add_config_arguments, config_from_args, distributed_session, say, setup_logging, split_teachers, write_config)
+from ssl_kd.cli import (add_config_arguments, config_from_args, distributed_session, say, setup_logging, split_teachers,
+                        write_config)
 from ssl_kd.config import Config, to_dict
 from ssl_kd.distillation import distill, method_names
 from ssl_kd.errors import cli_main
